@@ -1,0 +1,333 @@
+"""The multi-stream data contract of GradMix.
+
+A GradMix problem has K labelled *source* streams, each in its own domain and
+with its own label space, and a *target* with a small labelled set, a large
+unlabelled set (every example carries an integer id, used to look up its
+pseudo-label) and a held-out test set.
+
+Everything is batch-first. One training element is a dict::
+
+    {
+        "sources": ((x_1, y_1), ..., (x_K, y_K)),   # x: [B, H, W, C], y: [B]
+        "target": (x_T, y_T),                      # the labelled target batch
+        "unlabelled": (x_U, ids_U),                # present when T_u is given
+    }
+
+where B is the global batch size: every stream contributes B examples to a
+step. Streams of different sizes are repeated independently, so a small
+source is simply seen more often.
+
+Users bring their own data with `LabelledStream.from_arrays` /
+`UnlabelledStream.from_arrays` (numpy) or the `from_dataset` constructors
+(`tf.data`), and `MultiStreamData`; `TargetSplit.from_arrays` draws the
+k-shot labelled split deterministically from a seed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+_SHUFFLE_BUFFER = 10_000
+
+
+class DataError(ValueError):
+    """Raised when a stream violates the data contract."""
+
+
+def _as_float_images(images, name: str) -> np.ndarray:
+    images = np.asarray(images)
+    if images.ndim == 3:  # [N, H, W] grey images get a channel axis.
+        images = images[..., None]
+    if images.ndim != 4:
+        raise DataError(
+            f"stream '{name}': images must have shape [N, H, W] or [N, H, W, C], "
+            f"got {images.shape}."
+        )
+    if not (np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer)):
+        raise DataError(f"stream '{name}': images must be numeric, got dtype {images.dtype}.")
+    if np.issubdtype(images.dtype, np.integer):
+        images = images.astype(np.float32) / 255.0
+    return images.astype(np.float32, copy=False)
+
+
+def _check_labels(labels, num_classes: int, name: str) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise DataError(f"stream '{name}': labels must have shape [N], got {labels.shape}.")
+    if labels.size and not np.issubdtype(labels.dtype, np.integer):
+        if not np.all(np.equal(np.mod(labels, 1), 0)):
+            raise DataError(f"stream '{name}': labels must be integer class ids.")
+    labels = labels.astype(np.int32)
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][:5].tolist()
+        raise DataError(
+            f"stream '{name}': label ids {bad} are outside its head's range "
+            f"[0, {num_classes - 1}] ({num_classes} class names). Relabel the stream "
+            "to 0..C-1 or pass the full list of class names."
+        )
+    return labels
+
+
+def _checked_labels(dataset: tf.data.Dataset, num_classes: int, name: str) -> tf.data.Dataset:
+    """Adds a run-time range check of the labels of a user-given dataset."""
+
+    def check(x, y):
+        message = (
+            f"stream '{name}': a label id is outside its head's range [0, {num_classes - 1}]"
+        )
+        y = tf.cast(y, tf.int32)
+        with tf.control_dependencies(
+            [
+                tf.debugging.assert_non_negative(y, message=message),
+                tf.debugging.assert_less(y, num_classes, message=message),
+            ]
+        ):
+            return tf.identity(x), tf.identity(y)
+
+    return dataset.map(check)
+
+
+@dataclasses.dataclass
+class LabelledStream:
+    """A labelled dataset in its own domain and label space.
+
+    Attributes:
+        name: a short name, used in logs (`loss/<name>`, `mixing_weight/<name>`).
+        dataset: unbatched `tf.data.Dataset` of `(image float32 [H, W, C], label int32 [])`.
+        class_names: the label space; label `i` means `class_names[i]`.
+        size: number of examples, when known.
+    """
+
+    name: str
+    dataset: tf.data.Dataset
+    class_names: tuple[str, ...]
+    size: int | None = None
+
+    @classmethod
+    def from_arrays(
+        cls, name: str, images, labels, class_names: Sequence[str]
+    ) -> LabelledStream:
+        """Builds a stream from numpy arrays (uint8 images are scaled to [0, 1])."""
+        class_names = tuple(str(c) for c in class_names)
+        images = _as_float_images(images, name)
+        labels = _check_labels(labels, len(class_names), name)
+        if len(images) != len(labels):
+            raise DataError(
+                f"stream '{name}': {len(images)} images but {len(labels)} labels."
+            )
+        if len(images) == 0:
+            raise DataError(f"stream '{name}' is empty: it needs at least one example.")
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        return cls(name, dataset, class_names, len(images))
+
+    @classmethod
+    def from_dataset(
+        cls,
+        name: str,
+        dataset: tf.data.Dataset,
+        class_names: Sequence[str],
+        size: int | None = None,
+    ) -> LabelledStream:
+        """Wraps an unbatched `tf.data.Dataset` of `(image, label)` pairs."""
+        spec = dataset.element_spec
+        if not (isinstance(spec, tuple) and len(spec) == 2):
+            raise DataError(
+                f"stream '{name}': the dataset must yield (image, label) pairs, got {spec}."
+            )
+        if spec[0].shape.rank != 3:
+            raise DataError(
+                f"stream '{name}': images must be unbatched [H, W, C], got {spec[0].shape}."
+            )
+        class_names = tuple(str(c) for c in class_names)
+        if size is None:
+            cardinality = int(dataset.cardinality())
+            size = cardinality if cardinality >= 0 else None
+        if size == 0:
+            raise DataError(f"stream '{name}' is empty: it needs at least one example.")
+        dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
+        return cls(name, _checked_labels(dataset, len(class_names), name), class_names, size)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.dataset.element_spec[0].shape.as_list())
+
+
+@dataclasses.dataclass
+class UnlabelledStream:
+    """Unlabelled target examples, each with an integer id in [0, size).
+
+    Attributes:
+        name: a short name for logs.
+        dataset: unbatched `tf.data.Dataset` of `(image float32 [H, W, C], id int32 [])`.
+        size: number of examples (the size of the pseudo-label table).
+        true_labels: optional `[size]` labels, used only to report the
+            precision of pseudo-labels (never for training).
+    """
+
+    name: str
+    dataset: tf.data.Dataset
+    size: int
+    true_labels: np.ndarray | None = None
+
+    @classmethod
+    def from_arrays(cls, name: str, images, true_labels=None) -> UnlabelledStream:
+        images = _as_float_images(images, name)
+        if len(images) == 0:
+            raise DataError(f"stream '{name}' is empty: it needs at least one example.")
+        ids = np.arange(len(images), dtype=np.int32)
+        dataset = tf.data.Dataset.from_tensor_slices((images, ids))
+        if true_labels is not None:
+            true_labels = np.asarray(true_labels, dtype=np.int32)
+        return cls(name, dataset, len(images), true_labels)
+
+    @classmethod
+    def from_dataset(cls, name: str, dataset: tf.data.Dataset, size: int) -> UnlabelledStream:
+        """Wraps a dataset of images; ids 0..size-1 are attached in order."""
+        if size <= 0:
+            raise DataError(f"stream '{name}' is empty: it needs at least one example.")
+        ids = tf.data.Dataset.range(size).map(lambda i: tf.cast(i, tf.int32))
+        images = dataset.map(lambda x, *_: tf.cast(x, tf.float32))
+        return cls(name, tf.data.Dataset.zip((images, ids)), size)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.dataset.element_spec[0].shape.as_list())
+
+
+def k_shot_indices(labels, shots_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Draws `shots_per_class` indices a class, deterministically from `seed`.
+
+    Returns:
+        (labelled, rest): sorted index arrays that partition `range(len(labels))`.
+
+    Raises:
+        DataError: when a class has fewer than `shots_per_class` examples.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    labelled = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        if len(members) < shots_per_class:
+            raise DataError(
+                f"class {c} has {len(members)} labelled target examples, fewer than "
+                f"shots_per_class={shots_per_class}. Lower shots_per_class or add examples."
+            )
+        labelled.append(rng.choice(members, size=shots_per_class, replace=False))
+    labelled = np.sort(np.concatenate(labelled)) if labelled else np.zeros([0], np.int64)
+    rest = np.setdiff1d(np.arange(len(labels)), labelled)
+    return labelled, rest
+
+
+@dataclasses.dataclass
+class TargetSplit:
+    """The target's labelled set T_l, unlabelled set T_u and test set."""
+
+    labelled: LabelledStream
+    unlabelled: UnlabelledStream | None
+    test: LabelledStream
+
+    @classmethod
+    def from_arrays(
+        cls,
+        train_images,
+        train_labels,
+        test_images,
+        test_labels,
+        class_names: Sequence[str],
+        shots_per_class: int | None,
+        seed: int,
+        name: str = "target",
+    ) -> TargetSplit:
+        """Splits the target's training pool into k-shot labelled + unlabelled.
+
+        Args:
+            shots_per_class: labelled examples a class (drawn from `seed`); the
+                rest become the unlabelled set, with their true labels kept
+                only for pseudo-label precision. `None` labels the whole pool
+                (the oracle setting) and leaves no unlabelled set.
+        """
+        train_labels = np.asarray(train_labels)
+        if shots_per_class is None:
+            labelled, rest = np.arange(len(train_labels)), np.zeros([0], np.int64)
+        else:
+            labelled, rest = k_shot_indices(train_labels, shots_per_class, seed)
+        train_images = np.asarray(train_images)
+        labelled_stream = LabelledStream.from_arrays(
+            name, train_images[labelled], train_labels[labelled], class_names
+        )
+        unlabelled_stream = None
+        if len(rest):
+            unlabelled_stream = UnlabelledStream.from_arrays(
+                f"{name}_unlabelled", train_images[rest], train_labels[rest]
+            )
+        test_stream = LabelledStream.from_arrays(
+            f"{name}_test", test_images, test_labels, class_names
+        )
+        return cls(labelled_stream, unlabelled_stream, test_stream)
+
+
+@dataclasses.dataclass
+class MultiStreamData:
+    """K labelled sources plus a target split, checked to agree with each other."""
+
+    sources: list[LabelledStream]
+    target: TargetSplit
+
+    def __post_init__(self):
+        self.sources = list(self.sources)
+        names = [s.name for s in self.sources] + [self.target.labelled.name]
+        if len(set(names)) != len(names):
+            raise DataError(f"stream names must be unique, got {names}.")
+        shape = self.target.labelled.image_shape
+        others = self.sources + [self.target.test]
+        if self.target.unlabelled is not None:
+            others.append(self.target.unlabelled)
+        for stream in others:
+            if stream.image_shape != shape:
+                raise DataError(
+                    f"stream '{stream.name}' has images of shape {stream.image_shape} but the "
+                    f"target has {shape}: resize or convert channels so all streams agree."
+                )
+        if self.target.test.class_names != self.target.labelled.class_names:
+            raise DataError(
+                "the target test set and the labelled target set name different classes: "
+                f"{self.target.test.class_names} vs {self.target.labelled.class_names}."
+            )
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.target.labelled.image_shape
+
+    @property
+    def target_class_names(self) -> tuple[str, ...]:
+        return self.target.labelled.class_names
+
+    def train_dataset(self, global_batch_size: int, seed: int) -> tf.data.Dataset:
+        """An endless dataset of multi-stream batches (see the module docstring)."""
+        if global_batch_size <= 0:
+            raise DataError(f"global_batch_size must be positive, got {global_batch_size}.")
+
+        def endless(dataset: tf.data.Dataset, offset: int) -> tf.data.Dataset:
+            dataset = dataset.cache().shuffle(_SHUFFLE_BUFFER, seed=seed + offset)
+            return dataset.repeat().batch(global_batch_size, drop_remainder=True)
+
+        element = {
+            "sources": tuple(endless(s.dataset, i + 1) for i, s in enumerate(self.sources)),
+            "target": endless(self.target.labelled.dataset, 0),
+        }
+        if self.target.unlabelled is not None:
+            element["unlabelled"] = endless(self.target.unlabelled.dataset, 1000)
+        return tf.data.Dataset.zip(element).prefetch(tf.data.AUTOTUNE)
+
+    def test_dataset(self, batch_size: int) -> tf.data.Dataset:
+        """The target test set as `(x, y)` batches, in order."""
+        return self.target.test.dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,159 @@
+"""Layer-wise mixing weights (spec step 4): pure tensor functions.
+
+Shapes used throughout: S streams (the K sources, then the pseudo-labelled
+stream P when it exists), L layers on the target's path, V trainable variables
+on the target's path. `layer_ids[v]` is the layer of variable v.
+
+The closed form (one meta-gradient step from w = 0, as in Ren et al. 2018)::
+
+    u[s, l] = <g_T,l, g_s,l>          (alignment of stream s with the target)
+    w~[s, l] = max(u[s, l], 0)
+    w[s, l] = w~[s, l] / sum_s' w~[s', l]   (0 where the sum is 0)
+
+Options (the normalisation and the scale are reconstructions of the paper):
+- `alignment`: "dot" (the meta-gradient itself) or "cosine" (scale-free).
+- `granularity`: "layer" (one weight per stream and layer) or "stream" (one
+  global weight per stream, from the alignment summed over layers).
+- `normalization`: "per_layer" (over streams, per layer), "all" (over all
+  (s, l), rescaled so the mean per-layer sum is 1) or "none" (w~ as is).
+- `weight_total`: the per-layer sum after normalisation; 1.0 by default,
+  `num_streams` (pass S) makes the mixed gradient as large as joint training's.
+
+None of these functions touch Keras state or `tf.distribute`; they compile
+with XLA (`solve_mixing_weights_jit`).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+ALIGNMENTS = ("dot", "cosine")
+GRANULARITIES = ("layer", "stream")
+NORMALIZATIONS = ("per_layer", "all", "none")
+
+_EPSILON = 1e-12
+
+
+def per_variable_products(target_grads, stream_grads):
+    """Per-variable inner products and squared norms.
+
+    Args:
+        target_grads: list of V tensors, g_T for each variable.
+        stream_grads: list of S lists of V tensors (zeros where a stream has none).
+
+    Returns:
+        (dots [S, V], target_sq [V], stream_sq [S, V]), float32.
+    """
+
+    def flat(g):
+        return tf.reshape(tf.cast(g, tf.float32), [-1])
+
+    target_flat = [flat(g) for g in target_grads]
+    dots, sq = [], []
+    for grads in stream_grads:
+        stream_flat = [flat(g) for g in grads]
+        dots.append(tf.stack([tf.reduce_sum(t * s) for t, s in zip(target_flat, stream_flat)]))
+        sq.append(tf.stack([tf.reduce_sum(s * s) for s in stream_flat]))
+    target_sq = tf.stack([tf.reduce_sum(t * t) for t in target_flat])
+    return tf.stack(dots), target_sq, tf.stack(sq)
+
+
+def layer_sums(per_variable, layer_ids, num_layers: int):
+    """Sums a [..., V] tensor over the variables of each layer -> [..., L]."""
+    moved = tf.experimental.numpy.moveaxis(per_variable, -1, 0)  # [V, ...]
+    summed = tf.math.unsorted_segment_sum(moved, layer_ids, num_layers)  # [L, ...]
+    return tf.experimental.numpy.moveaxis(summed, 0, -1)
+
+
+def alignment_scores(dots, target_sq, stream_sq, alignment: str = "dot"):
+    """u[s, l] from layer-summed products: the dot product or the cosine."""
+    if alignment == "dot":
+        return dots
+    if alignment == "cosine":
+        norms = tf.sqrt(stream_sq * target_sq[None, :])
+        return tf.math.divide_no_nan(dots, tf.maximum(norms, _EPSILON) * tf.sign(norms))
+    raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}.")
+
+
+def normalize_weights(raw, normalization: str = "per_layer", weight_total=1.0):
+    """w from w~ = max(u, 0), [S, L] -> [S, L]; zero columns stay zero."""
+    clipped = tf.maximum(raw, 0.0)
+    if normalization == "per_layer":
+        total = tf.reduce_sum(clipped, axis=0, keepdims=True)
+        return weight_total * tf.math.divide_no_nan(clipped, total)
+    if normalization == "all":
+        num_layers = tf.cast(tf.shape(clipped)[1], clipped.dtype)
+        total = tf.reduce_sum(clipped)
+        return weight_total * num_layers * tf.math.divide_no_nan(clipped, total)
+    if normalization == "none":
+        return clipped
+    raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+
+
+def solve_mixing_weights(
+    dots,
+    target_sq,
+    stream_sq,
+    layer_ids,
+    num_layers: int,
+    alignment: str = "dot",
+    granularity: str = "layer",
+    normalization: str = "per_layer",
+    weight_total=1.0,
+):
+    """The closed-form mixing weights from per-variable products.
+
+    Args:
+        dots: [S, V] <g_T,v, g_s,v>.
+        target_sq: [V] |g_T,v|^2.
+        stream_sq: [S, V] |g_s,v|^2.
+        layer_ids: [V] int32 layer of each variable.
+        num_layers: L.
+
+    Returns:
+        (weights [S, L], alignment [S, L]): the mixing weights and u.
+    """
+    dots_l = layer_sums(dots, layer_ids, num_layers)  # [S, L]
+    target_l = layer_sums(target_sq, layer_ids, num_layers)  # [L]
+    stream_l = layer_sums(stream_sq, layer_ids, num_layers)  # [S, L]
+    if granularity == "stream":
+        dots_l = tf.reduce_sum(dots_l, axis=1, keepdims=True)  # [S, 1]
+        target_l = tf.reduce_sum(target_l, keepdims=True)  # [1]
+        stream_l = tf.reduce_sum(stream_l, axis=1, keepdims=True)  # [S, 1]
+    elif granularity != "layer":
+        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
+    u = alignment_scores(dots_l, target_l, stream_l, alignment)
+    weights = normalize_weights(u, normalization, weight_total)
+    if granularity == "stream":
+        u = tf.tile(u, [1, num_layers])
+        weights = tf.tile(weights, [1, num_layers])
+    return weights, u
+
+
+solve_mixing_weights_jit = tf.function(
+    solve_mixing_weights,
+    jit_compile=True,
+    reduce_retracing=True,
+)
+
+
+def mix_gradients(stream_grads, weights, layer_ids, target_grads, target_weight=1.0):
+    """Spec step 5: G_v = sum_s w[s, layer(v)] g_s,v + lambda_T g_T,v.
+
+    Args:
+        stream_grads: S lists of V gradients (zeros where a stream has none).
+        weights: [S, L] mixing weights.
+        layer_ids: python list of V ints, the layer of each variable.
+        target_grads: V gradients of the labelled target loss.
+        target_weight: lambda_T.
+
+    Returns:
+        a list of V mixed gradients.
+    """
+    mixed = []
+    for v, layer in enumerate(layer_ids):
+        total = target_weight * target_grads[v]
+        for s, grads in enumerate(stream_grads):
+            total += tf.cast(weights[s, layer], grads[v].dtype) * grads[v]
+        mixed.append(total)
+    return mixed

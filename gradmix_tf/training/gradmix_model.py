@@ -1,0 +1,442 @@
+"""`GradMixModel`: a shared trunk, one head per label space, and GradMix's train_step."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from gradmix_tf.mixing import adaptive_lr, lookahead, weights
+from gradmix_tf.training.learning_rate import attach_adaptive_learning_rate
+
+MIXINGS = ("gradmix", "uniform")
+WEIGHT_SOLVERS = ("closed_form", "lookahead")
+PSEUDO_LABEL_STREAM = "pseudo_labels"
+
+
+def _layer_key(variable) -> str:
+    """The layer owning a variable: its path without the variable's own name."""
+    return variable.path.rsplit("/", 1)[0]
+
+
+@keras.saving.register_keras_serializable(package="gradmix_tf")
+class GradMixModel(keras.Model):
+    """GradMix: multi-source transfer across domains and tasks.
+
+    A trunk f_theta shared by every stream, a target head h_T and one head for
+    each source label space that is not the target's. `call()` is target
+    inference (class probabilities). `train_step` runs one GradMix step:
+    per-stream gradients, layer-wise mixing weights from the target
+    meta-objective, the mixed gradient, an adaptive learning rate and one
+    optimizer update. Train it with plain `model.fit` on
+    `MultiStreamData.train_dataset(...)`.
+
+    Args:
+        trunk: any Keras layer/model mapping inputs to features.
+        target_class_names: the target label space.
+        source_class_names: one label space per source, in stream order.
+        source_names: a name per source (for logs); default `source_<k>`.
+        share_target_head: a source whose class names equal the target's
+            uses h_T (and so is mixed on it) instead of a head of its own.
+        mixing: "gradmix" (weights from the meta-objective) or "uniform"
+            (every stream weight 1: joint training, the baseline).
+        weight_solver: "closed_form" (one meta-gradient step from w = 0) or
+            "lookahead" (the exact meta-gradient through a real look-ahead
+            step from `lookahead_init`, with `stateless_call`).
+        alignment: "dot" (the meta-gradient <g_T,l, g_s,l>) or "cosine"
+            (closed form only; scale-free). Reconstruction option.
+        granularity: "layer" (w per stream and layer) or "stream" (one global
+            weight per stream).
+        normalization: "per_layer", "all" or "none" (see `mixing.weights`).
+            Reconstruction option.
+        weight_total: the sum the weights of a layer are normalised to; a
+            number, or "num_streams" for S (the scale of joint training).
+        target_weight: lambda_T, the weight of the labelled target gradient
+            in the mixed gradient.
+        lookahead_init: the mixing weights the look-ahead starts from.
+        lookahead_step_size: alpha of the look-ahead; None uses the
+            optimizer's current learning rate.
+        adaptive_learning_rate: scale the step size by r_t (spec step 6).
+        rho_decay: decay of the running mean of rho.
+        r_min, r_max: the range r_t is clipped to.
+        num_unlabelled: size of T_u; > 0 adds the pseudo-labelled stream P
+            and the pseudo-label table (filled by `PseudoLabeler`).
+        pseudo_label_confidence_weights: weight each pseudo-labelled example's
+            loss by its stored confidence (else by 1).
+
+    Example:
+
+    >>> model = GradMixModel(small_cnn(), [str(d) for d in range(10)],
+    ...                      [["0", "1", "2", "3", "4"], ["5", "6", "7", "8", "9"]])
+    >>> model.build((None, 32, 32, 3))
+    >>> model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    >>> model.fit(data.train_dataset(32, seed=0), steps_per_epoch=100, epochs=10)
+
+    Reference: J. Li et al., "GradMix: Multi-source Transfer across Domains
+    and Tasks", WACV 2020.
+    """
+
+    def __init__(
+        self,
+        trunk: keras.Layer,
+        target_class_names: Sequence[str],
+        source_class_names: Sequence[Sequence[str]] = (),
+        source_names: Sequence[str] | None = None,
+        share_target_head: bool = True,
+        mixing: str = "gradmix",
+        weight_solver: str = "closed_form",
+        alignment: str = "dot",
+        granularity: str = "layer",
+        normalization: str = "per_layer",
+        weight_total: float | str = 1.0,
+        target_weight: float = 1.0,
+        lookahead_init: float = 0.0,
+        lookahead_step_size: float | None = None,
+        adaptive_learning_rate: bool = True,
+        rho_decay: float = 0.99,
+        r_min: float = 0.5,
+        r_max: float = 2.0,
+        num_unlabelled: int = 0,
+        pseudo_label_confidence_weights: bool = True,
+        **kwargs,
+    ):
+        kwargs.setdefault("name", "gradmix")
+        super().__init__(**kwargs)
+        self.trunk = trunk
+        self.target_class_names = tuple(str(c) for c in target_class_names)
+        self.source_class_names = tuple(tuple(str(c) for c in cs) for cs in source_class_names)
+        if source_names is None:
+            source_names = [f"source_{k + 1}" for k in range(len(self.source_class_names))]
+        self.source_names = tuple(source_names)
+        self.share_target_head = share_target_head
+        self.mixing = mixing
+        self.weight_solver = weight_solver
+        self.alignment = alignment
+        self.granularity = granularity
+        self.normalization = normalization
+        self.weight_total = weight_total
+        self.target_weight = float(target_weight)
+        self.lookahead_init = float(lookahead_init)
+        self.lookahead_step_size = lookahead_step_size
+        self.adaptive_learning_rate = adaptive_learning_rate
+        self.rho_decay = float(rho_decay)
+        self.r_min = float(r_min)
+        self.r_max = float(r_max)
+        self.num_unlabelled = int(num_unlabelled)
+        self.pseudo_label_confidence_weights = pseudo_label_confidence_weights
+        self._check_options()
+
+        # One head per label space; index 0 is the target head h_T.
+        spaces = [self.target_class_names]
+        self._stream_head = []
+        for classes in self.source_class_names:
+            if classes == self.target_class_names and share_target_head:
+                self._stream_head.append(0)
+                continue
+            if classes not in spaces[1:]:
+                spaces.append(classes)
+            self._stream_head.append(spaces.index(classes, 1))
+        self.heads = [
+            keras.layers.Dense(len(classes), name="head_target" if i == 0 else f"head_{i}")
+            for i, classes in enumerate(spaces)
+        ]
+        self.stream_names = self.source_names + (
+            (PSEUDO_LABEL_STREAM,) if self.num_unlabelled else ()
+        )
+        if self.num_unlabelled:
+            self._stream_head.append(0)  # P is labelled in the target's label space.
+
+        # GradMix state: non-trainable, saved in checkpoints.
+        def state(name, shape=(), dtype="float32", initializer="zeros"):
+            return self.add_weight(
+                shape=shape,
+                dtype=dtype,
+                initializer=initializer,
+                trainable=False,
+                aggregation="only_first_replica",
+                name=name,
+            )
+
+        self.rho_ema = state("rho_ema")
+        self.rho_steps = state("rho_steps")
+        self.learning_rate_ratio = state("learning_rate_ratio", initializer="ones")
+        if self.num_unlabelled:
+            shape = (self.num_unlabelled,)
+            self.pseudo_labels = state("pseudo_labels", shape, "int32")
+            self.pseudo_label_weights = state("pseudo_label_weights", shape)
+            self.pseudo_label_acceptance = state("pseudo_label_acceptance")
+            self.pseudo_label_precision = state("pseudo_label_precision")
+        self.test_loss = keras.metrics.Mean(name="loss")
+        self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+
+    def _check_options(self):
+        for value, allowed, what in (
+            (self.mixing, MIXINGS, "mixing"),
+            (self.weight_solver, WEIGHT_SOLVERS, "weight_solver"),
+            (self.alignment, weights.ALIGNMENTS, "alignment"),
+            (self.granularity, weights.GRANULARITIES, "granularity"),
+            (self.normalization, weights.NORMALIZATIONS, "normalization"),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{what} must be one of {allowed}, got {value!r}.")
+        if self.weight_solver == "lookahead" and self.alignment != "dot":
+            raise ValueError("weight_solver='lookahead' measures the meta-gradient: use alignment='dot'.")
+        if len(self.source_names) != len(self.source_class_names):
+            raise ValueError(
+                f"{len(self.source_names)} source names for {len(self.source_class_names)} sources."
+            )
+        if not (0.0 < self.r_min <= 1.0 <= self.r_max):
+            raise ValueError(f"need 0 < r_min <= 1 <= r_max, got {self.r_min}, {self.r_max}.")
+
+    # ------------------------------------------------------------------ model
+    def build(self, input_shape):
+        features = self.trunk.compute_output_shape(input_shape) if self.trunk.built else None
+        if features is None:
+            self.trunk.build(input_shape)
+            features = self.trunk.compute_output_shape(input_shape)
+        for head in self.heads:
+            head.build(features)
+        # The target's path: trunk + h_T; one mixing layer per owning layer.
+        self._path_variables = list(self.trunk.trainable_variables) + list(
+            self.heads[0].trainable_variables
+        )
+        keys = list(dict.fromkeys(_layer_key(v) for v in self._path_variables))
+        self.mixing_layer_names = tuple(keys)
+        self._layer_ids = [keys.index(_layer_key(v)) for v in self._path_variables]
+        self.mixing_weights = self.add_weight(
+            shape=(len(self.stream_names), len(keys)),
+            initializer="zeros",
+            trainable=False,
+            aggregation="only_first_replica",
+            name="mixing_weights",
+        )
+        self.built = True
+
+    def call(self, inputs, training=False):
+        """Target inference: class probabilities of the target head."""
+        logits = self.heads[0](self.trunk(inputs, training=training))
+        return keras.ops.softmax(keras.ops.cast(logits, "float32"))
+
+    def compile(self, optimizer="adam", **kwargs):
+        super().compile(optimizer=optimizer, **kwargs)
+        if self.adaptive_learning_rate:
+            attach_adaptive_learning_rate(self.optimizer, self.learning_rate_ratio)
+
+    # ------------------------------------------------------------- train step
+    def train_step(self, data):
+        # 1. One mini-batch per stream: the K sources, then P (pseudo-labels).
+        target_x, target_y = data["target"]
+        streams = [(x, y, None) for x, y in data["sources"]]
+        if self.num_unlabelled:
+            streams.append(self._pseudo_labelled_batch(*data["unlabelled"]))
+        # 2. Stream gradients g_s, w.r.t. the target's path and the stream's own head.
+        losses, path_grads, head_grads = [], [], []
+        for (x, y, example_weights), head in zip(streams, self._stream_head):
+            loss, grads, own = self._stream_gradients(x, y, example_weights, head)
+            losses.append(loss)
+            path_grads.append(grads)
+            head_grads.append(own)
+        # 3. Target gradient g_T on the labelled target batch.
+        target_loss, target_grads, _ = self._stream_gradients(target_x, target_y, None, 0)
+        # Mixing weights and rho come from the global (all-reduced) gradients.
+        global_target = self._all_reduce(target_grads)
+        global_streams = [self._all_reduce(g) for g in path_grads]
+        # 4. Layer-wise mixing weights w [S, L] from the target meta-objective.
+        mixing_weights = self._mixing_weights(target_x, target_y, global_target, global_streams)
+        # 5. Mixed gradient on the target's path; source heads keep their own gradients.
+        mixed = weights.mix_gradients(
+            path_grads, mixing_weights, self._layer_ids, target_grads, self.target_weight
+        )
+        # 6. Adaptive learning rate for this mini-batch: r_t scales the step size.
+        rho = self._adapt_learning_rate(
+            weights.mix_gradients(
+                global_streams, mixing_weights, self._layer_ids, global_target, self.target_weight
+            )
+            if self._num_replicas() > 1
+            else mixed,
+            global_target,
+        )
+        # 7. One optimizer step over every trainable variable.
+        grads, variables = self._with_source_heads(mixed, head_grads)
+        self.optimizer.apply(grads, variables)
+        self.mixing_weights.assign(mixing_weights)
+        return self._train_logs(target_loss, losses, mixing_weights, rho)
+
+    def _pseudo_labelled_batch(self, x, ids):
+        """The batch of T_u with its pseudo-labels; rejected examples weigh 0."""
+        labels = tf.maximum(tf.gather(self.pseudo_labels, ids), 0)
+        confidence = tf.gather(self.pseudo_label_weights, ids)
+        accepted = tf.cast(confidence > 0.0, tf.float32)
+        example_weights = confidence if self.pseudo_label_confidence_weights else accepted
+        return x, labels, (example_weights, accepted)
+
+    def _stream_gradients(self, x, y, example_weights, head):
+        """The scaled loss of one stream and its gradients (zeros, never None)."""
+        own_variables = self.heads[head].trainable_variables if head else []
+        with tf.GradientTape() as tape:
+            logits = self.heads[head](self.trunk(x, training=True), training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(
+                y, keras.ops.cast(logits, "float32"), from_logits=True
+            )
+            loss = self._scaled_mean(per_example, example_weights)
+        variables = self._path_variables + own_variables
+        grads = tape.gradient(loss, variables)
+        # A stream with its own head has no gradient on h_T: zeros, not None.
+        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        num_path = len(self._path_variables)
+        return loss * self._num_replicas(), grads[:num_path], grads[num_path:]
+
+    def _scaled_mean(self, per_example, example_weights):
+        """The mean over the GLOBAL batch, so replicas' gradients sum to it."""
+        if example_weights is None:
+            count = tf.cast(tf.shape(per_example)[0], tf.float32) * self._num_replicas()
+            return tf.reduce_sum(per_example) / count
+        example_weights, accepted = example_weights
+        count = tf.maximum(self._all_reduce([tf.reduce_sum(accepted)])[0], 1.0)
+        return tf.reduce_sum(example_weights * per_example) / count
+
+    def _mixing_weights(self, target_x, target_y, target_grads, stream_grads):
+        num_streams, num_layers = len(stream_grads), len(self.mixing_layer_names)
+        if num_streams == 0:
+            return tf.zeros([0, num_layers])
+        if self.mixing == "uniform":
+            return tf.ones([num_streams, num_layers])
+        total = num_streams if self.weight_total == "num_streams" else float(self.weight_total)
+        if self.weight_solver == "lookahead":
+            u = self._lookahead_alignment(target_x, target_y, stream_grads)
+            if self.granularity == "stream":
+                u = tf.tile(tf.reduce_sum(u, axis=1, keepdims=True), [1, num_layers])
+            return weights.normalize_weights(u, self.normalization, total)
+        dots, target_sq, stream_sq = weights.per_variable_products(target_grads, stream_grads)
+        mixing_weights, _ = weights.solve_mixing_weights(
+            dots,
+            target_sq,
+            stream_sq,
+            tf.constant(self._layer_ids, tf.int32),
+            num_layers,
+            alignment=self.alignment,
+            granularity=self.granularity,
+            normalization=self.normalization,
+            weight_total=total,
+        )
+        return mixing_weights
+
+    def _lookahead_alignment(self, target_x, target_y, stream_grads):
+        num_trunk = len(self.trunk.trainable_variables)
+        trunk_state = [v.value for v in self.trunk.non_trainable_variables]
+        head_state = [v.value for v in self.heads[0].non_trainable_variables]
+
+        def target_loss(params):
+            features, _ = self.trunk.stateless_call(
+                params[:num_trunk], trunk_state, target_x, training=True
+            )
+            logits, _ = self.heads[0].stateless_call(params[num_trunk:], head_state, features)
+            per_example = keras.losses.sparse_categorical_crossentropy(
+                target_y, keras.ops.cast(logits, "float32"), from_logits=True
+            )
+            return self._scaled_mean(per_example, None)
+
+        step_size = self.lookahead_step_size
+        if step_size is None:
+            step_size = self.optimizer.learning_rate
+        init = tf.fill([len(stream_grads), len(self.mixing_layer_names)], self.lookahead_init)
+        u, _ = lookahead.lookahead_alignment(
+            target_loss,
+            [v.value for v in self._path_variables],
+            stream_grads,
+            self._layer_ids,
+            init,
+            step_size,
+        )
+        return self._all_reduce([u])[0]
+
+    def _adapt_learning_rate(self, mixed, target_grads):
+        """Sets r_t from rho_t = max(cos(G, g_T), 0); returns rho_t."""
+        rho = adaptive_lr.batch_importance(mixed, target_grads)
+        if not self.adaptive_learning_rate:
+            return rho
+        ema, steps, rho_mean = adaptive_lr.update_running_mean(
+            self.rho_ema, self.rho_steps, rho, self.rho_decay
+        )
+        self.rho_ema.assign(ema)
+        self.rho_steps.assign(steps)
+        self.learning_rate_ratio.assign(
+            adaptive_lr.learning_rate_ratio(rho, rho_mean, self.r_min, self.r_max)
+        )
+        return rho
+
+    def _with_source_heads(self, mixed, head_grads):
+        """Appends each source head's plain gradient (summed over its streams)."""
+        grads, variables = list(mixed), list(self._path_variables)
+        for head in sorted(set(self._stream_head) - {0}):
+            own = [g for g, h in zip(head_grads, self._stream_head) if h == head]
+            grads += [tf.add_n(list(parts)) for parts in zip(*own)]
+            variables += self.heads[head].trainable_variables
+        return grads, variables
+
+    def _train_logs(self, target_loss, losses, mixing_weights, rho):
+        logs = {"loss": target_loss, "loss/target": target_loss}
+        mean_weights = tf.reduce_mean(mixing_weights, axis=1)  # [S]
+        for s, name in enumerate(self.stream_names):
+            logs[f"loss/{name}"] = losses[s]
+            logs[f"mixing_weight/{name}"] = mean_weights[s]
+        logs["rho"] = rho
+        logs["learning_rate_ratio"] = self.learning_rate_ratio.value
+        if self.num_unlabelled:
+            logs["pseudo_labels/acceptance"] = self.pseudo_label_acceptance.value
+            logs["pseudo_labels/precision"] = self.pseudo_label_precision.value
+        return logs
+
+    # ------------------------------------------------------------ distribution
+    def _num_replicas(self) -> int:
+        return tf.distribute.get_strategy().num_replicas_in_sync
+
+    def _all_reduce(self, tensors):
+        if self._num_replicas() == 1:
+            return list(tensors)
+        context = tf.distribute.get_replica_context()
+        return context.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors))
+
+    # -------------------------------------------------------------- evaluation
+    def test_step(self, data):
+        x, y = data[:2] if isinstance(data, tuple) else (data["image"], data["label"])
+        probabilities = self(x, training=False)
+        self.test_loss.update_state(
+            keras.losses.sparse_categorical_crossentropy(y, probabilities)
+        )
+        self.test_accuracy.update_state(y, probabilities)
+        return {"loss": self.test_loss.result(), "accuracy": self.test_accuracy.result()}
+
+    # ------------------------------------------------------------ serialising
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            trunk=keras.saving.serialize_keras_object(self.trunk),
+            target_class_names=list(self.target_class_names),
+            source_class_names=[list(c) for c in self.source_class_names],
+            source_names=list(self.source_names),
+            share_target_head=self.share_target_head,
+            mixing=self.mixing,
+            weight_solver=self.weight_solver,
+            alignment=self.alignment,
+            granularity=self.granularity,
+            normalization=self.normalization,
+            weight_total=self.weight_total,
+            target_weight=self.target_weight,
+            lookahead_init=self.lookahead_init,
+            lookahead_step_size=self.lookahead_step_size,
+            adaptive_learning_rate=self.adaptive_learning_rate,
+            rho_decay=self.rho_decay,
+            r_min=self.r_min,
+            r_max=self.r_max,
+            num_unlabelled=self.num_unlabelled,
+            pseudo_label_confidence_weights=self.pseudo_label_confidence_weights,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["trunk"] = keras.saving.deserialize_keras_object(config["trunk"])
+        return cls(**config)
