@@ -25,8 +25,9 @@ def batch_importance(mixed_grads, target_grads):
     )
     mixed_sq = tf.add_n([tf.reduce_sum(tf.square(tf.cast(m, tf.float32))) for m in mixed_grads])
     target_sq = tf.add_n([tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in target_grads])
-    cosine = tf.math.divide_no_nan(dot, tf.sqrt(mixed_sq * target_sq))
-    return tf.maximum(cosine, 0.0)
+    # A product of roots, not the root of a product (which leaves float32's range).
+    cosine = tf.math.divide_no_nan(dot, tf.sqrt(mixed_sq) * tf.sqrt(target_sq))
+    return tf.clip_by_value(cosine, 0.0, 1.0)
 
 
 def update_running_mean(ema, steps, rho, decay):

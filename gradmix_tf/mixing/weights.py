@@ -31,8 +31,6 @@ ALIGNMENTS = ("dot", "cosine")
 GRANULARITIES = ("layer", "stream")
 NORMALIZATIONS = ("per_layer", "all", "none")
 
-_EPSILON = 1e-12
-
 
 def per_variable_products(target_grads, stream_grads):
     """Per-variable inner products and squared norms.
@@ -70,8 +68,11 @@ def alignment_scores(dots, target_sq, stream_sq, alignment: str = "dot"):
     if alignment == "dot":
         return dots
     if alignment == "cosine":
-        norms = tf.sqrt(stream_sq * target_sq[None, :])
-        return tf.math.divide_no_nan(dots, tf.maximum(norms, _EPSILON) * tf.sign(norms))
+        # |g_s| |g_T| as a product of roots: the product of squares under- or
+        # overflows float32 for small or large gradients, and no epsilon floor
+        # (it would shrink the cosine of small gradients). 0 where a norm is 0.
+        norms = tf.sqrt(stream_sq) * tf.sqrt(target_sq)[None, :]
+        return tf.clip_by_value(tf.math.divide_no_nan(dots, norms), -1.0, 1.0)
     raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}.")
 
 

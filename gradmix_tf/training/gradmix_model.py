@@ -8,7 +8,7 @@ import keras
 import tensorflow as tf
 
 from gradmix_tf.mixing import adaptive_lr, lookahead, weights
-from gradmix_tf.training.learning_rate import attach_adaptive_learning_rate
+from gradmix_tf.training.learning_rate import with_adaptive_learning_rate
 
 MIXINGS = ("gradmix", "uniform")
 WEIGHT_SOLVERS = ("closed_form", "lookahead")
@@ -181,13 +181,28 @@ class GradMixModel(keras.Model):
             if value not in allowed:
                 raise ValueError(f"{what} must be one of {allowed}, got {value!r}.")
         if self.weight_solver == "lookahead" and self.alignment != "dot":
-            raise ValueError("weight_solver='lookahead' measures the meta-gradient: use alignment='dot'.")
+            raise ValueError(
+                "weight_solver='lookahead' measures the meta-gradient: use alignment='dot'."
+            )
         if len(self.source_names) != len(self.source_class_names):
             raise ValueError(
                 f"{len(self.source_names)} source names for {len(self.source_class_names)} sources."
             )
         if not (0.0 < self.r_min <= 1.0 <= self.r_max):
             raise ValueError(f"need 0 < r_min <= 1 <= r_max, got {self.r_min}, {self.r_max}.")
+        total = self.weight_total
+        if total != "num_streams" and (isinstance(total, str) or not total > 0):
+            raise ValueError(
+                f"weight_total must be a positive number or 'num_streams', got {total!r}."
+            )
+        if not 0.0 <= self.rho_decay < 1.0:
+            raise ValueError(f"rho_decay must be in [0, 1), got {self.rho_decay}.")
+        if self.num_unlabelled < 0:
+            raise ValueError(f"num_unlabelled must be >= 0, got {self.num_unlabelled}.")
+        if self.lookahead_step_size is not None and not self.lookahead_step_size > 0:
+            raise ValueError(
+                f"lookahead_step_size must be positive or None, got {self.lookahead_step_size}."
+            )
 
     # ------------------------------------------------------------------ model
     def build(self, input_shape):
@@ -219,9 +234,18 @@ class GradMixModel(keras.Model):
         return keras.ops.softmax(keras.ops.cast(logits, "float32"))
 
     def compile(self, optimizer="adam", **kwargs):
-        super().compile(optimizer=optimizer, **kwargs)
+        """Keras's `compile`; with the adaptive learning rate, the optimizer's
+        learning rate becomes `lr(t) * r_t` (`model.optimizer` is then a copy
+        of the given optimizer, built from its config)."""
         if self.adaptive_learning_rate:
-            attach_adaptive_learning_rate(self.optimizer, self.learning_rate_ratio)
+            optimizer = with_adaptive_learning_rate(optimizer, self.learning_rate_ratio)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        """Re-compiles a loaded model (Keras skips models that override `compile`)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)  # so its saved state loads
 
     # ------------------------------------------------------------- train step
     def train_step(self, data):
@@ -402,9 +426,7 @@ class GradMixModel(keras.Model):
     def test_step(self, data):
         x, y = data[:2] if isinstance(data, tuple) else (data["image"], data["label"])
         probabilities = self(x, training=False)
-        self.test_loss.update_state(
-            keras.losses.sparse_categorical_crossentropy(y, probabilities)
-        )
+        self.test_loss.update_state(keras.losses.sparse_categorical_crossentropy(y, probabilities))
         self.test_accuracy.update_state(y, probabilities)
         return {"loss": self.test_loss.result(), "accuracy": self.test_accuracy.result()}
 

@@ -19,10 +19,12 @@ class AdaptiveLearningRate(keras.optimizers.schedules.LearningRateSchedule):
     Args:
         base: the user's learning rate: a float, a Keras variable or a
             `LearningRateSchedule`.
-        ratio: a scalar (non-trainable) variable holding r_t.
+        ratio: a scalar (non-trainable) variable holding r_t; None (a
+            schedule deserialised from a saved optimizer, until
+            `with_adaptive_learning_rate` gives it the model's ratio) means 1.
     """
 
-    def __init__(self, base, ratio):
+    def __init__(self, base, ratio=None):
         self.base = base
         self.ratio = ratio
 
@@ -35,6 +37,8 @@ class AdaptiveLearningRate(keras.optimizers.schedules.LearningRateSchedule):
 
     def __call__(self, step):
         base = keras.ops.cast(self.base_learning_rate(step), "float32")
+        if self.ratio is None:
+            return base
         return base * keras.ops.cast(self.ratio, "float32")
 
     def get_config(self):
@@ -45,15 +49,28 @@ class AdaptiveLearningRate(keras.optimizers.schedules.LearningRateSchedule):
             base = keras.optimizers.schedules.serialize(base)
         return {"base": base}
 
+    @classmethod
+    def from_config(cls, config):
+        """The schedule without its ratio (a model variable, not part of the config)."""
+        base = config["base"]
+        if isinstance(base, dict):
+            base = keras.optimizers.schedules.deserialize(base)
+        return cls(base)
 
-def attach_adaptive_learning_rate(optimizer, ratio) -> AdaptiveLearningRate:
-    """Replaces `optimizer`'s learning rate by `AdaptiveLearningRate(lr, ratio)`.
 
-    Idempotent: an optimizer already wrapped gets its ratio variable swapped.
+def with_adaptive_learning_rate(optimizer, ratio):
+    """A copy of `optimizer` whose learning rate is `AdaptiveLearningRate(lr, ratio)`.
+
+    The optimizer is rebuilt from its config rather than patched: Keras's
+    learning-rate setter untracks the old variable, which `tf.train.Checkpoint`
+    then refuses to save. Call it before the optimizer is built.
     """
-    current = optimizer._learning_rate  # the user's float variable or schedule
-    if isinstance(current, AdaptiveLearningRate):
-        current = current.base
-    schedule = AdaptiveLearningRate(current, ratio)
-    optimizer.learning_rate = schedule
-    return schedule
+    optimizer = keras.optimizers.get(optimizer)
+    config = optimizer.get_config()
+    base = config["learning_rate"]
+    if isinstance(base, dict):
+        base = keras.optimizers.schedules.deserialize(base)
+    if isinstance(base, AdaptiveLearningRate):
+        base = base.base
+    config["learning_rate"] = AdaptiveLearningRate(base, ratio)
+    return optimizer.__class__.from_config(config)

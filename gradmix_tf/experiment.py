@@ -1,0 +1,268 @@
+"""One experiment from a config: data -> model -> fit with callbacks -> evaluate -> export.
+
+The launchers (`launch/train.py`, `launch/evaluate.py`) are thin wrappers
+around `train_and_evaluate` and `evaluate_workdir`. A work directory holds:
+
+    config.json         the resolved config (method presets applied)
+    checkpoints/        tf.train checkpoints (model, optimizer, GradMix state)
+    tensorboard/        TensorBoard logs (losses, mixing weights, rho, r_t, ...)
+    mixing_weights.npz  the streams x layers weights over training
+    train_log.csv       per-epoch logs
+    results.json        target test accuracy, final mixing weights, timings
+    export/             the target model as a SavedModel (`serve` endpoint)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import keras
+import ml_collections
+import tensorflow as tf
+from absl import logging
+
+from gradmix_tf.callbacks.checkpoints import Checkpointer, restore_latest
+from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
+from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
+from gradmix_tf.data.streams import MultiStreamData
+from gradmix_tf.data.tasks import load_task
+from gradmix_tf.export.saved_model import export_target_model
+from gradmix_tf.networks import trunks
+from gradmix_tf.training.gradmix_model import GradMixModel
+
+# Each method is GradMix's trainer with some fields fixed (same data, network,
+# optimizer and step budget): the baselines differ only by these overrides.
+METHODS = {
+    "gradmix": {},
+    "joint": {
+        "gradmix.mixing": "uniform",
+        "gradmix.adaptive_learning_rate": False,
+        "pseudo_labels.enabled": False,
+    },
+    "target_only": {
+        "data.use_sources": False,
+        "gradmix.adaptive_learning_rate": False,
+        "pseudo_labels.enabled": False,
+    },
+    "oracle": {
+        "data.use_sources": False,
+        "data.shots_per_class": 0,
+        "gradmix.adaptive_learning_rate": False,
+        "pseudo_labels.enabled": False,
+    },
+}
+
+TRUNKS = {"small_cnn": trunks.small_cnn}
+
+
+def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Checks a config and applies its method's preset; returns a copy."""
+    if config.method not in METHODS:
+        raise ValueError(f"unknown method {config.method!r}; known methods: {sorted(METHODS)}.")
+    if config.model.trunk not in TRUNKS:
+        raise ValueError(f"unknown trunk {config.model.trunk!r}; known trunks: {sorted(TRUNKS)}.")
+    resolved = ml_collections.ConfigDict(config.to_dict())
+    for field, value in METHODS[config.method].items():
+        group, name = field.split(".")
+        resolved[group][name] = value
+    for field in ("batch_size", "steps", "steps_per_epoch", "checkpoint_every_steps"):
+        if resolved.train[field] <= 0:
+            raise ValueError(f"train.{field} must be positive, got {resolved.train[field]}.")
+    if resolved.data.shots_per_class < 0:
+        raise ValueError("data.shots_per_class must be >= 0 (0 labels the whole target pool).")
+    return resolved
+
+
+def build_data(config: ml_collections.ConfigDict) -> MultiStreamData:
+    shots = config.data.shots_per_class or None  # 0: every target example labelled
+    data = load_task(
+        config.data.task,
+        seed=config.seed,
+        shots_per_class=shots,
+        max_per_class=config.data.max_per_class or None,
+    )
+    if not config.data.use_sources:
+        data = MultiStreamData([], data.target)
+    return data
+
+
+def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> GradMixModel:
+    """The GradMixModel of a config, built and compiled (in the current strategy scope)."""
+    model_config = dict(config.model)
+    trunk = TRUNKS[model_config.pop("trunk")](**model_config)
+    mix = config.gradmix
+    weight_total = mix.weight_total
+    unlabelled = data.target.unlabelled
+    model = GradMixModel(
+        trunk,
+        data.target_class_names,
+        [s.class_names for s in data.sources],
+        [s.name for s in data.sources],
+        share_target_head=mix.share_target_head,
+        mixing=mix.mixing,
+        weight_solver=mix.weight_solver,
+        alignment=mix.alignment,
+        granularity=mix.granularity,
+        normalization=mix.normalization,
+        weight_total=weight_total if weight_total == "num_streams" else float(weight_total),
+        target_weight=mix.target_weight,
+        lookahead_init=mix.lookahead_init,
+        lookahead_step_size=mix.lookahead_step_size or None,
+        adaptive_learning_rate=mix.adaptive_learning_rate,
+        rho_decay=mix.rho_decay,
+        r_min=mix.r_min,
+        r_max=mix.r_max,
+        num_unlabelled=unlabelled.size if config.pseudo_labels.enabled and unlabelled else 0,
+        pseudo_label_confidence_weights=config.pseudo_labels.confidence_weights,
+    )
+    model.build((None, *data.image_shape))
+    model.compile(optimizer=build_optimizer(config))
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optimizer:
+    opt = config.optimizer
+    learning_rate = opt.learning_rate
+    if opt.schedule == "cosine":
+        learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, config.train.steps)
+    elif opt.schedule != "constant":
+        raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {opt.schedule!r}.")
+    if opt.name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    if opt.name == "sgd":
+        return keras.optimizers.SGD(learning_rate, momentum=opt.momentum)
+    raise ValueError(f"optimizer.name must be 'adam' or 'sgd', got {opt.name!r}.")
+
+
+def _callbacks(config, workdir, data, model):
+    callbacks = []
+    unlabelled = data.target.unlabelled
+    if model.num_unlabelled:
+        pl = config.pseudo_labels
+        callbacks.append(
+            PseudoLabeler(
+                unlabelled,
+                warmup_epochs=pl.warmup_epochs,
+                refresh_every=pl.refresh_every,
+                threshold=pl.threshold,
+                class_balance=pl.class_balance,
+                batch_size=config.train.eval_batch_size,
+            )
+        )
+    callbacks += [
+        MixingWeightsLogger(
+            os.path.join(workdir, "tensorboard", "mixing"),
+            every_n_steps=config.train.log_every_steps,
+            history_path=os.path.join(workdir, "mixing_weights.npz"),
+        ),
+        keras.callbacks.TensorBoard(
+            os.path.join(workdir, "tensorboard"), update_freq=config.train.log_every_steps
+        ),
+        keras.callbacks.CSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
+        keras.callbacks.TerminateOnNaN(),
+        Checkpointer(
+            os.path.join(workdir, "checkpoints"), every_n_steps=config.train.checkpoint_every_steps
+        ),
+    ]
+    return callbacks
+
+
+def _seed_everything(config):
+    keras.utils.set_random_seed(config.seed)
+    if config.train.deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
+def evaluate(model: GradMixModel, data: MultiStreamData, batch_size: int) -> dict:
+    metrics = model.evaluate(data.test_dataset(batch_size), return_dict=True, verbose=0)
+    return {"target_test_accuracy": metrics["accuracy"], "target_test_loss": metrics["loss"]}
+
+
+def mixing_weight_summary(model: GradMixModel) -> dict:
+    """The last step's mixing weights: mean over layers per stream, and in full."""
+    matrix = model.mixing_weights.numpy()  # [S, L]
+    layers = [name.split("/", 1)[-1] for name in model.mixing_layer_names]
+    return {
+        "mixing_weights": {s: float(matrix[i].mean()) for i, s in enumerate(model.stream_names)},
+        "mixing_weights_per_layer": {
+            s: dict(zip(layers, map(float, matrix[i]))) for i, s in enumerate(model.stream_names)
+        },
+    }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains (resuming from `workdir` if it has a checkpoint), evaluates and exports."""
+    config = resolve_config(config)
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+    _seed_everything(config)
+
+    data = build_data(config)
+    model = build_model(config, data)
+    start_step = restore_latest(model, os.path.join(workdir, "checkpoints")) or 0
+    if start_step:
+        logging.info("Resuming from step %d (checkpoint in %s)", start_step, workdir)
+
+    train = config.train
+    epochs = math.ceil(train.steps / train.steps_per_epoch)
+    started = time.time()
+    if start_step < epochs * train.steps_per_epoch:
+        model.fit(
+            data.train_dataset(train.batch_size, seed=config.seed),
+            epochs=epochs,
+            initial_epoch=start_step // train.steps_per_epoch,
+            steps_per_epoch=train.steps_per_epoch,
+            callbacks=_callbacks(config, workdir, data, model),
+            verbose=train.verbose,
+        )
+    train_seconds = time.time() - started
+
+    results = {
+        "method": config.method,
+        "task": config.data.task,
+        "seed": config.seed,
+        **evaluate(model, data, train.eval_batch_size),
+        "steps": int(model.optimizer.iterations.numpy()),
+        "train_seconds": train_seconds,
+        **mixing_weight_summary(model),
+    }
+    if model.num_unlabelled:
+        results["pseudo_label_acceptance"] = float(model.pseudo_label_acceptance.numpy())
+        results["pseudo_label_precision"] = float(model.pseudo_label_precision.numpy())
+    with open(os.path.join(workdir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    export_target_model(
+        model, os.path.join(workdir, "export"), data.image_shape, data.target_class_names
+    )
+    logging.info("Target test accuracy %.4f; results in %s", results["target_test_accuracy"], workdir)
+    return results
+
+
+def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} not found: {workdir} is not a work directory of `python -m launch.train`."
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def evaluate_workdir(workdir: str) -> dict:
+    """Re-evaluates the latest checkpoint of a work directory on the target test set."""
+    config = load_workdir_config(workdir)
+    _seed_everything(config)
+    data = build_data(config)
+    model = build_model(config, data)
+    step = restore_latest(model, os.path.join(workdir, "checkpoints"))
+    if step is None:
+        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}.")
+    results = {"step": step, **evaluate(model, data, config.train.eval_batch_size)}
+    with open(os.path.join(workdir, "evaluation.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    return results

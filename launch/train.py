@@ -1,0 +1,30 @@
+r"""Trains GradMix (or a baseline) from a config, evaluates it and exports the target model.
+
+    python -m launch.train --config=configs/digits.py --workdir=runs/digits
+    python -m launch.train --config=configs/digits.py:smoke --workdir=/tmp/smoke \
+        --config.method=joint --config.seed=1
+
+Rerunning on an existing work directory resumes from its latest checkpoint.
+"""
+
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from gradmix_tf import experiment
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs, results and the export go.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    results = experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main)

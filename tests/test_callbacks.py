@@ -1,0 +1,330 @@
+"""Tests of the pseudo-label and mixing-weight callbacks (`gradmix_tf.callbacks`)."""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from gradmix_tf.callbacks.mixing_summaries import (
+    IMAGE_TAG,
+    MixingWeightsLogger,
+    render_mixing_weights,
+    short_layer_names,
+)
+from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler, select_pseudo_labels
+from gradmix_tf.data.streams import (
+    LabelledStream,
+    MultiStreamData,
+    TargetSplit,
+    UnlabelledStream,
+)
+from gradmix_tf.training.gradmix_model import GradMixModel
+
+TARGET_CLASSES = ("a", "b", "c")
+SOURCE_CLASSES = ("x", "y")
+NUM_UNLABELLED = 12
+
+
+def _model(num_unlabelled: int = NUM_UNLABELLED) -> GradMixModel:
+    """A built, compiled GradMixModel on a tiny trunk for 8x8x1 images."""
+    keras.utils.set_random_seed(0)
+    trunk = keras.Sequential(
+        [
+            keras.layers.Conv2D(4, 3, name="conv"),
+            keras.layers.Flatten(name="flatten"),
+            keras.layers.Dense(8, name="dense"),
+        ],
+        name="trunk",
+    )
+    model = GradMixModel(trunk, TARGET_CLASSES, [SOURCE_CLASSES], num_unlabelled=num_unlabelled)
+    model.build((None, 8, 8, 1))
+    model.compile(optimizer="sgd")
+    return model
+
+
+def _images(count: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random((count, 8, 8, 1)).astype(np.float32)
+
+
+def _shuffled_stream(images, true_labels=None) -> UnlabelledStream:
+    """T_u whose dataset yields (image, id) in a shuffled (not id) order."""
+    ids = np.arange(len(images), dtype=np.int32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, ids)).shuffle(len(images), seed=3)
+    return UnlabelledStream("unlabelled", dataset, len(images), true_labels)
+
+
+def _schedule(labeler: PseudoLabeler, epochs: int) -> list[int]:
+    """The epochs whose end refreshed the pseudo-labels (hooks called by hand)."""
+    labeler.on_train_begin()
+    refreshed = []
+    for epoch in range(epochs):
+        logs = {}
+        labeler.on_epoch_end(epoch, logs)
+        if "pseudo_labels/acceptance" in logs:
+            refreshed.append(epoch)
+    return refreshed
+
+
+def _multi_stream_data() -> MultiStreamData:
+    """One 2-class source and a 3-class target with NUM_UNLABELLED unlabelled images."""
+    rng = np.random.default_rng(0)
+    source = LabelledStream.from_arrays(
+        "source_1", _images(10, 1), rng.integers(0, 2, 10), SOURCE_CLASSES
+    )
+    pool = 2 * 3 + NUM_UNLABELLED
+    target = TargetSplit.from_arrays(
+        _images(pool, 2), np.arange(pool) % 3, _images(6, 3), np.arange(6) % 3,
+        TARGET_CLASSES, shots_per_class=2, seed=0,
+    )  # fmt: skip
+    return MultiStreamData([source], target)
+
+
+def _event_tags(log_dir: str) -> dict[str, list]:
+    """Every tag in the event files of `log_dir`, with its summary values."""
+    tags = {}
+    for path in glob.glob(os.path.join(log_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append((event.step, value))
+    return tags
+
+
+# ------------------------------------------------------------ select_pseudo_labels
+def test_select_threshold_is_inclusive_and_weights_are_the_probability():
+    probabilities = [[0.9, 0.1, 0.0], [0.1, 0.89, 0.01], [0.05, 0.0, 0.95], [0.5, 0.5, 0.0]]
+    labels, weights = select_pseudo_labels(probabilities, threshold=0.9)
+    np.testing.assert_array_equal(labels, [0, -1, 2, -1])
+    np.testing.assert_allclose(weights, [0.9, 0.0, 0.95, 0.0])
+    assert labels.dtype == np.int32 and weights.dtype == np.float32
+
+
+def test_select_class_balance_caps_every_class_at_the_smallest_accepted_count():
+    # Accepted: class 0 x3 (0.99, 0.97, 0.95), class 1 x2 (0.96, 0.92), class 2 none.
+    probabilities = np.array(
+        [
+            [0.95, 0.05, 0.0],
+            [0.99, 0.01, 0.0],
+            [0.04, 0.96, 0.0],
+            [0.97, 0.03, 0.0],
+            [0.08, 0.92, 0.0],
+            [0.3, 0.0, 0.7],  # class 2, rejected: does not force m = 0
+        ]
+    )
+    labels, weights = select_pseudo_labels(probabilities, threshold=0.9, class_balance=True)
+    # m = 2: class 0 keeps its two most confident (rows 1 and 3), class 1 both.
+    np.testing.assert_array_equal(labels, [-1, 0, 1, 0, 1, -1])
+    np.testing.assert_allclose(weights, [0.0, 0.99, 0.96, 0.97, 0.92, 0.0])
+    unbalanced, _ = select_pseudo_labels(probabilities, threshold=0.9)
+    np.testing.assert_array_equal(unbalanced, [0, 0, 1, 0, 1, -1])
+
+
+@pytest.mark.parametrize("class_balance", [False, True])
+def test_select_all_rejected_and_empty(class_balance):
+    labels, weights = select_pseudo_labels(
+        np.full([4, 3], 1 / 3), threshold=0.9, class_balance=class_balance
+    )
+    np.testing.assert_array_equal(labels, [-1, -1, -1, -1])
+    np.testing.assert_array_equal(weights, np.zeros(4))
+    labels, weights = select_pseudo_labels(np.zeros([0, 3]), class_balance=class_balance)
+    assert labels.shape == (0,) and weights.shape == (0,)
+
+
+# ------------------------------------------------------------------ PseudoLabeler
+def test_refresh_places_rows_by_id_and_measures_precision():
+    model = _model()
+    images = _images(NUM_UNLABELLED, 0)
+    probabilities = model(images).numpy()  # rows in id order
+    predicted, top = probabilities.argmax(1), probabilities.max(1)
+    threshold = float(np.median(top))  # about half accepted
+    wrong = np.arange(NUM_UNLABELLED) % 3 == 0  # ids whose true label differs
+    true_labels = np.where(wrong, (predicted + 1) % 3, predicted)
+    labeler = PseudoLabeler(
+        _shuffled_stream(images, true_labels), threshold=threshold, batch_size=5
+    )
+
+    stats = labeler.refresh(model)
+
+    accepted = top >= threshold
+    assert 0 < accepted.sum() < NUM_UNLABELLED
+    np.testing.assert_array_equal(model.pseudo_labels.numpy(), np.where(accepted, predicted, -1))
+    np.testing.assert_allclose(model.pseudo_label_weights.numpy(), np.where(accepted, top, 0), 1e-5)
+    expected_precision = 1.0 - wrong[accepted].mean()
+    assert stats["pseudo_labels/acceptance"] == pytest.approx(accepted.mean())
+    assert stats["pseudo_labels/precision"] == pytest.approx(expected_precision)
+    assert model.pseudo_label_acceptance.numpy() == pytest.approx(accepted.mean())
+    assert model.pseudo_label_precision.numpy() == pytest.approx(expected_precision)
+
+
+def test_precision_stays_zero_without_true_labels():
+    model = _model()
+    labeler = PseudoLabeler(_shuffled_stream(_images(NUM_UNLABELLED, 0)), threshold=0.0)
+    stats = labeler.refresh(model)
+    assert stats == {"pseudo_labels/acceptance": 1.0, "pseudo_labels/precision": 0.0}
+
+
+@pytest.mark.parametrize(
+    "warmup_epochs, refresh_every, expected",
+    [(0, 1, [0, 1, 2, 3, 4, 5]), (2, 1, [1, 2, 3, 4, 5]), (2, 3, [1, 4]), (0, 2, [1, 3, 5])],
+)
+def test_refresh_schedule(warmup_epochs, refresh_every, expected):
+    labeler = PseudoLabeler(
+        _shuffled_stream(_images(NUM_UNLABELLED, 0)), warmup_epochs, refresh_every, threshold=0.0
+    )
+    labeler.set_model(_model())
+    assert _schedule(labeler, epochs=6) == expected
+
+
+def test_pseudo_labels_survive_a_checkpoint_round_trip(tmp_path):
+    model = _model()
+    PseudoLabeler(
+        _shuffled_stream(_images(NUM_UNLABELLED, 0), np.zeros(12)), threshold=0.5
+    ).refresh(model)
+    saved = [v.numpy() for v in _pseudo_label_state(model)]
+    path = tf.train.Checkpoint(model=model).save(str(tmp_path / "ckpt"))
+
+    restored = _model()
+    tf.train.Checkpoint(model=restored).restore(path).assert_existing_objects_matched()
+
+    for before, after in zip(saved, _pseudo_label_state(restored)):
+        np.testing.assert_array_equal(before, after.numpy())
+    assert (saved[0] != 0).any()  # the round trip carried non-initial values
+
+
+def _pseudo_label_state(model):
+    return [
+        model.pseudo_labels,
+        model.pseudo_label_weights,
+        model.pseudo_label_acceptance,
+        model.pseudo_label_precision,
+    ]
+
+
+def test_clear_errors_for_a_model_without_a_matching_table():
+    stream = _shuffled_stream(_images(NUM_UNLABELLED, 0))
+    labeler = PseudoLabeler(stream)
+    labeler.set_model(_model(num_unlabelled=0))
+    with pytest.raises(ValueError, match="pseudo-label table"):
+        labeler.on_train_begin()
+    labeler.set_model(_model(num_unlabelled=NUM_UNLABELLED + 1))
+    with pytest.raises(ValueError, match="num_unlabelled=12"):
+        labeler.on_train_begin()
+    with pytest.raises(ValueError, match="needs a model"):
+        PseudoLabeler(stream).refresh()
+
+
+def test_fit_with_both_callbacks(tmp_path):
+    data = _multi_stream_data()
+    model = _model()
+    labeler = PseudoLabeler(data.target.unlabelled, warmup_epochs=1, threshold=0.0)
+    logger = MixingWeightsLogger(
+        str(tmp_path / "tb"), every_n_steps=2, history_path=str(tmp_path / "w" / "mix.npz")
+    )
+
+    history = model.fit(
+        data.train_dataset(4, seed=0),
+        steps_per_epoch=3,
+        epochs=2,
+        callbacks=[labeler, logger],
+        verbose=0,
+        shuffle=False,  # the dataset is shuffled already
+    )
+
+    # Pseudo-labels: refreshed after each epoch, visible in the epoch logs.
+    assert history.history["pseudo_labels/acceptance"] == [1.0, 1.0]
+    assert (model.pseudo_labels.numpy() >= 0).all()
+    assert 0.0 <= history.history["pseudo_labels/precision"][-1] <= 1.0
+    # Mixing weights: 6 steps, a summary every 2 -> steps 2, 4, 6.
+    tags = _event_tags(str(tmp_path / "tb"))
+    assert [step for step, _ in tags[IMAGE_TAG]] == [2, 4, 6]
+    image_value = tags[IMAGE_TAG][0][1]
+    assert image_value.metadata.plugin_data.plugin_name == "images"
+    png = tf.make_ndarray(image_value.tensor)[2]
+    assert tf.io.decode_png(png).shape[-1] == 4
+    assert "mixing_weights/pseudo_labels" in tags
+    assert "mixing_weight/source_1/trunk/conv" in tags
+    assert "mixing_weight/pseudo_labels/head_target" in tags
+    history_file = np.load(tmp_path / "w" / "mix.npz")
+    np.testing.assert_array_equal(history_file["steps"], [2, 4, 6])
+    assert history_file["weights"].shape == (3, 2, 3)
+    np.testing.assert_allclose(history_file["weights"][-1], model.mixing_weights.numpy())
+    assert list(history_file["stream_names"]) == ["source_1", "pseudo_labels"]
+    assert list(history_file["layer_names"]) == list(model.mixing_layer_names)
+
+
+# ------------------------------------------------------------- mixing weight image
+def test_render_mixing_weights():
+    weights = np.array([[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]])
+    names = ["gradmix/sequential/conv2d", "gradmix/sequential/dense", "gradmix/head_target"]
+    image = render_mixing_weights(weights, ["mnist", "pseudo_labels"], names, title="step 1")
+    assert image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] in (3, 4)
+    other = render_mixing_weights(weights[::-1], ["mnist", "pseudo_labels"], names)
+    assert image.shape == other.shape and not np.array_equal(image, other)
+    empty = render_mixing_weights(np.zeros([0, 3]), [], names)
+    assert empty.dtype == np.uint8 and empty.ndim == 3
+
+
+def test_short_layer_names():
+    assert short_layer_names(["gradmix/trunk/conv", "gradmix/head_target"]) == [
+        "trunk/conv",
+        "head_target",
+    ]
+    assert short_layer_names(["gradmix/head_target"]) == ["head_target"]
+    assert short_layer_names([]) == []
+
+
+# ------------------------------------------------------------------ tf.distribute
+def _fit_under(strategy: tf.distribute.Strategy, log_dir: str):
+    """Fits 2 steps under `strategy` with both callbacks and checks their state."""
+    data = _multi_stream_data()
+    with strategy.scope():
+        model = _model()
+    labeler = PseudoLabeler(data.target.unlabelled, warmup_epochs=1, threshold=0.0)
+    logger = MixingWeightsLogger(log_dir, every_n_steps=1)
+    model.fit(
+        data.train_dataset(4, seed=0),
+        steps_per_epoch=2,
+        epochs=1,
+        callbacks=[labeler, logger],
+        verbose=0,
+        shuffle=False,  # the dataset is shuffled already
+    )
+    assert (model.pseudo_labels.numpy() >= 0).all(), model.pseudo_labels.numpy()
+    assert model.pseudo_label_acceptance.numpy() == 1.0
+    assert logger.steps == [1, 2], logger.steps
+    np.testing.assert_allclose(logger.weights[-1], model.mixing_weights.numpy())
+
+
+def test_callbacks_under_mirrored_strategy_one_replica(tmp_path):
+    _fit_under(tf.distribute.MirroredStrategy(["/cpu:0"]), str(tmp_path / "tb"))
+
+
+_TWO_REPLICAS = textwrap.dedent(
+    """
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import test_callbacks
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    test_callbacks._fit_under(strategy, {log_dir!r})
+    print("OK")
+    """
+)
+
+
+@pytest.mark.slow  # a fresh process (TensorFlow import + fit): ~10-25 s
+def test_callbacks_under_mirrored_strategy_two_replicas(tmp_path):
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
+    script = _TWO_REPLICAS.format(log_dir=str(tmp_path / "tb"))
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
