@@ -130,7 +130,9 @@ def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optim
     if opt.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, config.train.steps)
     elif opt.schedule != "constant":
-        raise ValueError(f"optimizer.schedule must be 'constant' or 'cosine', got {opt.schedule!r}.")
+        raise ValueError(
+            f"optimizer.schedule must be 'constant' or 'cosine', got {opt.schedule!r}."
+        )
     if opt.name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if opt.name == "sgd":
@@ -239,7 +241,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     export_target_model(
         model, os.path.join(workdir, "export"), data.image_shape, data.target_class_names
     )
-    logging.info("Target test accuracy %.4f; results in %s", results["target_test_accuracy"], workdir)
+    logging.info(
+        "Target test accuracy %.4f; results in %s", results["target_test_accuracy"], workdir
+    )
     return results
 
 

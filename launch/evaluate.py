@@ -1,6 +1,6 @@
 r"""Re-evaluates the latest checkpoint of a work directory on the target test set.
 
-    python -m launch.evaluate --workdir=runs/digits
+python -m launch.evaluate --workdir=runs/digits
 """
 
 import json

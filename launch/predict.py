@@ -1,6 +1,6 @@
 r"""Classifies image files (PNG or JPEG, any size) with an exported target model.
 
-    python -m launch.predict --model=runs/digits/export digit.png photo.jpg
+python -m launch.predict --model=runs/digits/export digit.png photo.jpg
 """
 
 import sys

@@ -15,7 +15,9 @@ from ml_collections import config_flags
 from gradmix_tf import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs, results and the export go.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints, logs, results and the export go."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

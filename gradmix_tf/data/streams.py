@@ -76,9 +76,7 @@ def _checked_labels(dataset: tf.data.Dataset, num_classes: int, name: str) -> tf
     """Adds a run-time range check of the labels of a user-given dataset."""
 
     def check(x, y):
-        message = (
-            f"stream '{name}': a label id is outside its head's range [0, {num_classes - 1}]"
-        )
+        message = f"stream '{name}': a label id is outside its head's range [0, {num_classes - 1}]"
         y = tf.cast(y, tf.int32)
         with tf.control_dependencies(
             [
@@ -108,17 +106,13 @@ class LabelledStream:
     size: int | None = None
 
     @classmethod
-    def from_arrays(
-        cls, name: str, images, labels, class_names: Sequence[str]
-    ) -> LabelledStream:
+    def from_arrays(cls, name: str, images, labels, class_names: Sequence[str]) -> LabelledStream:
         """Builds a stream from numpy arrays (uint8 images are scaled to [0, 1])."""
         class_names = tuple(str(c) for c in class_names)
         images = _as_float_images(images, name)
         labels = _check_labels(labels, len(class_names), name)
         if len(images) != len(labels):
-            raise DataError(
-                f"stream '{name}': {len(images)} images but {len(labels)} labels."
-            )
+            raise DataError(f"stream '{name}': {len(images)} images but {len(labels)} labels.")
         if len(images) == 0:
             raise DataError(f"stream '{name}' is empty: it needs at least one example.")
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
