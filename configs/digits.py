@@ -28,6 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.shots_per_class = 10  # labelled target images a class; 0 = all (oracle)
     config.data.max_per_class = 0  # cap on images a class in every part; 0 = no cap
     config.data.use_sources = True
+    config.data.max_shift = 2  # augmentation: random translation of training images, pixels
 
     config.model = ml_collections.ConfigDict()
     config.model.trunk = "small_cnn"

@@ -215,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     started = time.time()
     if start_step < epochs * train.steps_per_epoch:
         model.fit(
-            data.train_dataset(train.batch_size, seed=config.seed),
+            data.train_dataset(train.batch_size, seed=config.seed, max_shift=config.data.max_shift),
             epochs=epochs,
             initial_epoch=start_step // train.steps_per_epoch,
             steps_per_epoch=train.steps_per_epoch,

@@ -215,6 +215,15 @@ class PseudoLabeler(keras.callbacks.Callback):
                 f"unlabelled.true_labels must have shape [{size}], got {np.shape(true_labels)}."
             )
 
+    def _predict_function(self, model):
+        """One traced inference function per model, reused across refreshes."""
+        if getattr(self, "_predict_model", None) is not model:
+            self._predict_model = model
+            self._predict_fn = tf.function(
+                lambda x: model(x, training=False), reduce_retracing=True
+            )
+        return self._predict_fn
+
     def _predict(self, model) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities `[N, C]` in id order, and which ids the stream yielded."""
         dataset = self.unlabelled.dataset
@@ -225,7 +234,7 @@ class PseudoLabeler(keras.callbacks.Callback):
             )
         size = self.unlabelled.size
         probabilities, seen = None, np.zeros([size], bool)
-        predict = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+        predict = self._predict_function(model)
         for x, ids in dataset.batch(self.batch_size).prefetch(tf.data.AUTOTUNE):
             ids = ids.numpy()
             if ids.size and (ids.min() < 0 or ids.max() >= size):

@@ -89,6 +89,13 @@ def _checked_labels(dataset: tf.data.Dataset, num_classes: int, name: str) -> tf
     return dataset.map(check)
 
 
+def random_shift(image, seed, max_shift: int):
+    """Translates one [H, W, C] image by up to `max_shift` pixels (mirrored edges)."""
+    padding = [[max_shift, max_shift], [max_shift, max_shift], [0, 0]]
+    padded = tf.pad(image, padding, mode="SYMMETRIC")
+    return tf.image.stateless_random_crop(padded, tf.shape(image), seed=seed)
+
+
 @dataclasses.dataclass
 class LabelledStream:
     """A labelled dataset in its own domain and label space.
@@ -305,14 +312,30 @@ class MultiStreamData:
     def target_class_names(self) -> tuple[str, ...]:
         return self.target.labelled.class_names
 
-    def train_dataset(self, global_batch_size: int, seed: int) -> tf.data.Dataset:
-        """An endless dataset of multi-stream batches (see the module docstring)."""
+    def train_dataset(
+        self, global_batch_size: int, seed: int, max_shift: int = 0
+    ) -> tf.data.Dataset:
+        """An endless dataset of multi-stream batches (see the module docstring).
+
+        Args:
+            global_batch_size: examples a stream contributes to a step.
+            seed: seeds the shuffling (and the augmentation) of every stream.
+            max_shift: augmentation: translate every training image by up to
+                this many pixels (edges mirrored), drawn from `seed`; 0 = off.
+        """
         if global_batch_size <= 0:
             raise DataError(f"global_batch_size must be positive, got {global_batch_size}.")
 
         def endless(dataset: tf.data.Dataset, offset: int) -> tf.data.Dataset:
-            dataset = dataset.cache().shuffle(_SHUFFLE_BUFFER, seed=seed + offset)
-            return dataset.repeat().batch(global_batch_size, drop_remainder=True)
+            dataset = dataset.cache().shuffle(_SHUFFLE_BUFFER, seed=seed + offset).repeat()
+            if max_shift > 0:
+                seeds = tf.data.Dataset.random(seed=seed + offset).batch(2)
+                dataset = tf.data.Dataset.zip((dataset, seeds)).map(
+                    lambda example, pair: (random_shift(example[0], pair, max_shift), *example[1:]),
+                    num_parallel_calls=tf.data.AUTOTUNE,
+                    deterministic=True,
+                )
+            return dataset.batch(global_batch_size, drop_remainder=True)
 
         element = {
             "sources": tuple(endless(s.dataset, i + 1) for i, s in enumerate(self.sources)),

@@ -34,7 +34,9 @@ def export_target_model(
         class_names: the target's class names, in label order.
     """
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # Only inference: the trunk and h_T, not source heads, GradMix state or optimizer.
+    archive.track(model.trunk)
+    archive.track(model.heads[0])
     archive.add_endpoint(
         name="serve",
         fn=lambda images: model(images, training=False),
@@ -72,4 +74,8 @@ def load_exported(path: str):
     with open(metadata_path) as f:
         metadata = json.load(f)
     loaded = tf.saved_model.load(path)
-    return loaded.serve, metadata
+
+    def serve(images):
+        return loaded.serve(images)  # keeps `loaded`, and so its variables, alive
+
+    return serve, metadata

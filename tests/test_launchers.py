@@ -1,0 +1,165 @@
+"""End-to-end tests of the launchers (`launch/train.py`, `evaluate.py`, `predict.py`).
+
+One smoke run (`configs/digits.py:smoke`, 30 steps) is shared by every test of
+the module; each launcher runs as a subprocess, as a user would run it.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gradmix_tf.data import digits
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMOKE_STEPS = 30  # configs/digits.py:smoke's train.steps
+SOURCE_AND_PSEUDO_LABEL_STREAMS = {*digits.SOURCE_STREAMS, "pseudo_labels"}
+
+
+def run(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Runs `python -m module args...` from the repository root."""
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def output_of(completed: subprocess.CompletedProcess) -> str:
+    return f"exit {completed.returncode}\n--- stdout\n{completed.stdout}\n--- stderr\n{completed.stderr}"
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> str:
+    """The work directory of one finished smoke run."""
+    path = str(tmp_path_factory.mktemp("smoke") / "run")
+    completed = run("launch.train", "--config=configs/digits.py:smoke", f"--workdir={path}")
+    assert completed.returncode == 0, output_of(completed)
+    return path
+
+
+@pytest.fixture(scope="module")
+def results(workdir) -> dict:
+    with open(os.path.join(workdir, "results.json")) as f:
+        return json.load(f)
+
+
+@pytest.fixture(scope="module")
+def image_files(tmp_path_factory) -> list[str]:
+    """A 50x40 grey PNG and a 24x36 colour JPEG of target test digits."""
+    directory = tmp_path_factory.mktemp("images")
+    test_images = np.concatenate(
+        [
+            x
+            for x, _ in digits.digits_task(shots_per_class=None, max_per_class=1)
+            .test_dataset(10)
+            .as_numpy_iterator()
+        ]
+    )
+    pixels = (test_images * 255).round().astype(np.uint8)  # [N, 32, 32, 3]
+    png = str(directory / "a.png")
+    Image.fromarray(pixels[0].mean(axis=-1).astype(np.uint8), mode="L").resize((50, 40)).save(png)
+    jpeg = str(directory / "b.jpg")
+    Image.fromarray(pixels[1], mode="RGB").resize((36, 24)).save(jpeg)
+    return [png, jpeg]
+
+
+def test_train_writes_the_workdir(workdir):
+    with open(os.path.join(workdir, "config.json")) as f:
+        config = json.load(f)
+    assert config["method"] == "gradmix"
+    assert config["train"]["steps"] == SMOKE_STEPS
+    assert os.path.isfile(os.path.join(workdir, "checkpoints", "checkpoint"))
+    assert glob.glob(os.path.join(workdir, "checkpoints", f"ckpt-{SMOKE_STEPS}.index"))
+    assert glob.glob(
+        os.path.join(workdir, "tensorboard", "**", "events.out.tfevents.*"), recursive=True
+    )
+    assert os.path.isfile(os.path.join(workdir, "train_log.csv"))
+    assert os.path.isfile(os.path.join(workdir, "export", "saved_model.pb"))
+    with open(os.path.join(workdir, "export", "gradmix_export.json")) as f:
+        metadata = json.load(f)
+    assert metadata["class_names"] == list(digits.TARGET_CLASS_NAMES)
+    assert metadata["input_shape"] == list(digits.IMAGE_SHAPE)
+
+
+def test_results_json(results):
+    assert 0.0 <= results["target_test_accuracy"] <= 1.0
+    assert results["steps"] == SMOKE_STEPS
+    assert set(results["mixing_weights"]) == SOURCE_AND_PSEUDO_LABEL_STREAMS
+    assert set(results["mixing_weights_per_layer"]) == SOURCE_AND_PSEUDO_LABEL_STREAMS
+    assert 0.0 <= results["pseudo_label_acceptance"] <= 1.0
+    assert 0.0 <= results["pseudo_label_precision"] <= 1.0
+
+
+def test_mixing_weights_history(workdir, results):
+    with np.load(os.path.join(workdir, "mixing_weights.npz")) as history:
+        steps, weights = history["steps"], history["weights"]
+        stream_names = history["stream_names"].tolist()
+    assert set(stream_names) == SOURCE_AND_PSEUDO_LABEL_STREAMS
+    assert steps[-1] == SMOKE_STEPS
+    assert weights.shape[:2] == (len(steps), len(stream_names))
+    last = {name: float(weights[-1, s].mean()) for s, name in enumerate(stream_names)}
+    assert last == pytest.approx(results["mixing_weights"], abs=1e-6)
+
+
+def test_evaluate_reproduces_the_test_accuracy(workdir, results):
+    completed = run("launch.evaluate", f"--workdir={workdir}")
+    assert completed.returncode == 0, output_of(completed)
+    evaluation = json.loads(completed.stdout)
+    assert evaluation["step"] == SMOKE_STEPS
+    assert evaluation["target_test_accuracy"] == pytest.approx(
+        results["target_test_accuracy"], abs=1e-6
+    )
+
+
+def test_predict_prints_a_class_per_file(workdir, image_files):
+    completed = run("launch.predict", f"--model={workdir}/export", *image_files)
+    assert completed.returncode == 0, output_of(completed)
+    lines = completed.stdout.strip().splitlines()
+    assert len(lines) == len(image_files), output_of(completed)
+    for line, path in zip(lines, image_files):
+        prefix, _, ranked = line.partition(": ")
+        assert prefix == path
+        name, _, probability = ranked.partition(" (")
+        assert name in digits.TARGET_CLASS_NAMES
+        assert 0.0 <= float(probability.rstrip(")")) <= 1.0
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt"])
+def test_predict_names_an_unreadable_file(workdir, image_files, tmp_path, problem):
+    bad = tmp_path / "x.png"
+    if problem == "corrupt":
+        bad.write_bytes(np.random.default_rng(0).bytes(256))
+    completed = run("launch.predict", f"--model={workdir}/export", image_files[0], str(bad))
+    assert completed.returncode != 0, output_of(completed)
+    assert str(bad) in completed.stderr, output_of(completed)
+
+
+def test_rerun_resumes_and_does_not_train_again(workdir, results, tmp_path):
+    copy = str(tmp_path / "run")
+    shutil.copytree(workdir, copy)
+    checkpoints = sorted(os.listdir(os.path.join(copy, "checkpoints")))
+    completed = run("launch.train", "--config=configs/digits.py:smoke", f"--workdir={copy}")
+    log = output_of(completed)
+    assert completed.returncode == 0, log
+    assert f"Resuming from step {SMOKE_STEPS}" in log
+    assert "Epoch " not in log, log  # Keras prints "Epoch i/n" for every epoch it trains
+    assert sorted(os.listdir(os.path.join(copy, "checkpoints"))) == checkpoints
+    with open(os.path.join(copy, "results.json")) as f:
+        rerun = json.load(f)
+    assert rerun["steps"] == SMOKE_STEPS
+    assert rerun["target_test_accuracy"] == pytest.approx(results["target_test_accuracy"], abs=1e-6)
