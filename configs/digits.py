@@ -69,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32  # a stream's examples per step (global batch)
-    config.train.steps = 3000
+    config.train.steps = 2000
     config.train.steps_per_epoch = 100
     config.train.checkpoint_every_steps = 500
     config.train.log_every_steps = 50
