@@ -259,6 +259,144 @@ def test_fit_with_both_callbacks(tmp_path):
     assert list(history_file["layer_names"]) == list(model.mixing_layer_names)
 
 
+# ------------------------------------------------------- PseudoLabeler: EMA weights
+class _WeightRecorder(keras.callbacks.Callback):
+    """Records the trainable weights at train begin, every batch end and every epoch end."""
+
+    def on_train_begin(self, logs=None):
+        self.batch_ends, self.epoch_ends = [self._values()], []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.batch_ends.append(self._values())
+
+    def on_epoch_end(self, epoch, logs=None):  # listed after the labeler: after its refresh
+        self.epoch_ends.append(self._values())
+
+    def _values(self):
+        return [v.numpy().copy() for v in self.model.trainable_variables]
+
+
+def _fit_with_ema(labeler, steps_per_execution=1, epochs=2, steps_per_epoch=4):
+    """Fits `_model()` with `labeler` and a `_WeightRecorder` after it."""
+    model = _model()
+    model.compile(optimizer=keras.optimizers.SGD(0.05), steps_per_execution=steps_per_execution)
+    recorder = _WeightRecorder()
+    model.fit(
+        _multi_stream_data().train_dataset(4, seed=0),
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        callbacks=[labeler, recorder],
+        verbose=0,
+        shuffle=False,  # the dataset is shuffled already
+    )
+    return model, recorder
+
+
+def _assert_same_bits(expected, actual):
+    assert len(expected) == len(actual)
+    for a, b in zip(expected, actual):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("steps_per_execution", [1, 2])
+def test_ema_is_the_moving_average_of_the_weights_at_every_batch_end(steps_per_execution):
+    decay = 0.7
+    labeler = PseudoLabeler(
+        _shuffled_stream(_images(NUM_UNLABELLED, 0)),
+        warmup_epochs=1,  # refreshes (and swaps) after both epochs
+        threshold=0.0,
+        ema_decay=decay,
+    )
+    model, recorder = _fit_with_ema(labeler, steps_per_execution)
+
+    # steps_per_execution=k: Keras reports every k-th batch end; the update uses d**k.
+    assert len(recorder.batch_ends) == 1 + 8 // steps_per_execution
+    step_decay = decay**steps_per_execution
+    expected = [w.astype(np.float64) for w in recorder.batch_ends[0]]
+    for weights in recorder.batch_ends[1:]:
+        expected = [step_decay * e + (1 - step_decay) * w for e, w in zip(expected, weights)]
+    ema = [v.numpy() for v in labeler.ema_weights]
+    assert [e.shape for e in ema] == [tuple(v.shape) for v in model.trainable_variables]
+    for e, x in zip(ema, expected):
+        np.testing.assert_allclose(e, x, rtol=1e-5, atol=1e-6)
+    live = recorder.batch_ends[-1]
+    assert all(np.isfinite(w).all() for w in live)
+    assert max(np.abs(e - w).max() for e, w in zip(ema, live)) > 1e-3  # a real average
+    # The refreshes after each epoch predicted with the average and put the live
+    # weights back bit for bit: the epoch ends (after the refresh) hold the
+    # weights of the last batch end (before it), and training went on from them.
+    per_epoch = len(recorder.batch_ends) // 2
+    _assert_same_bits(recorder.batch_ends[per_epoch], recorder.epoch_ends[0])
+    _assert_same_bits(live, recorder.epoch_ends[1])
+    _assert_same_bits(live, [v.numpy() for v in model.trainable_variables])
+    assert (model.pseudo_labels.numpy() >= 0).all()
+
+
+def test_refresh_with_ema_predicts_with_the_average_and_restores_the_live_weights():
+    images = _images(NUM_UNLABELLED, 0)
+    labeler = PseudoLabeler(
+        _shuffled_stream(images), warmup_epochs=100, threshold=0.0, batch_size=5, ema_decay=0.8
+    )
+    model, _ = _fit_with_ema(labeler, epochs=1)
+    live = [v.numpy().copy() for v in model.trainable_variables]
+    ema = [v.numpy().copy() for v in labeler.ema_weights]
+
+    stats = labeler.refresh()
+
+    _assert_same_bits(live, [v.numpy() for v in model.trainable_variables])
+    _assert_same_bits(ema, [v.numpy() for v in labeler.ema_weights])
+    clone = _model()  # same architecture, set to the average
+    for variable, value in zip(clone.trainable_variables, ema):
+        variable.assign(value)
+    expected_labels, expected_weights = select_pseudo_labels(clone(images).numpy(), 0.0)
+    np.testing.assert_array_equal(model.pseudo_labels.numpy(), expected_labels)
+    np.testing.assert_allclose(model.pseudo_label_weights.numpy(), expected_weights, atol=1e-6)
+    _, live_weights = select_pseudo_labels(model(images).numpy(), 0.0)
+    assert np.abs(live_weights - expected_weights).max() > 1e-4  # the test can tell them apart
+    assert stats["pseudo_labels/acceptance"] == 1.0
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0, 0.0])
+def test_no_ema_predicts_with_the_current_weights(ema_decay):
+    images = _images(NUM_UNLABELLED, 0)
+    labeler = PseudoLabeler(_shuffled_stream(images), warmup_epochs=1, ema_decay=ema_decay)
+    assert labeler.get_config()["ema_decay"] == ema_decay
+    assert labeler.async_safe  # the batch hook is a no-op: dispatch is as without it
+    model, recorder = _fit_with_ema(labeler, epochs=1, steps_per_epoch=2)
+
+    assert labeler.ema_weights is None
+    _assert_same_bits(recorder.batch_ends[-1], recorder.epoch_ends[0])
+    labeler.threshold = 0.0
+    labeler.refresh()
+    expected_labels, expected_weights = select_pseudo_labels(model(images).numpy(), 0.0)
+    np.testing.assert_array_equal(model.pseudo_labels.numpy(), expected_labels)
+    np.testing.assert_allclose(model.pseudo_label_weights.numpy(), expected_weights, atol=1e-6)
+
+
+def test_ema_refresh_before_any_training_uses_the_current_weights():
+    images = _images(NUM_UNLABELLED, 0)
+    model = _model()
+    labeler = PseudoLabeler(_shuffled_stream(images), threshold=0.0, ema_decay=0.9)
+    assert not labeler.async_safe
+    labeler.refresh(model)  # no train begin: no average yet
+    assert labeler.ema_weights is None
+    _, expected_weights = select_pseudo_labels(model(images).numpy(), 0.0)
+    np.testing.assert_allclose(model.pseudo_label_weights.numpy(), expected_weights, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1, 1.0, 1.5, float("nan"), "0.9x", True, [0.9]])
+def test_ema_decay_must_be_in_zero_one(bad):
+    with pytest.raises(ValueError, match=r"ema_decay must be None \(or 0\).*0 < d < 1"):
+        PseudoLabeler(_shuffled_stream(_images(NUM_UNLABELLED, 0)), ema_decay=bad)
+
+
+def test_get_config_round_trips_ema_decay():
+    stream = _shuffled_stream(_images(NUM_UNLABELLED, 0))
+    config = PseudoLabeler(stream, threshold=0.8, ema_decay=0.99).get_config()
+    assert config["ema_decay"] == 0.99
+    assert PseudoLabeler(stream, **config).get_config() == config
+
+
 # ------------------------------------------------------------- mixing weight image
 def test_render_mixing_weights():
     weights = np.array([[0.0, 0.5, 1.0], [1.0, 0.5, 0.0]])
@@ -281,12 +419,14 @@ def test_short_layer_names():
 
 
 # ------------------------------------------------------------------ tf.distribute
-def _fit_under(strategy: tf.distribute.Strategy, log_dir: str):
+def _fit_under(strategy: tf.distribute.Strategy, log_dir: str, ema_decay=None):
     """Fits 2 steps under `strategy` with both callbacks and checks their state."""
     data = _multi_stream_data()
     with strategy.scope():
         model = _model()
-    labeler = PseudoLabeler(data.target.unlabelled, warmup_epochs=1, threshold=0.0)
+    labeler = PseudoLabeler(
+        data.target.unlabelled, warmup_epochs=1, threshold=0.0, ema_decay=ema_decay
+    )
     logger = MixingWeightsLogger(log_dir, every_n_steps=1)
     model.fit(
         data.train_dataset(4, seed=0),
@@ -300,10 +440,37 @@ def _fit_under(strategy: tf.distribute.Strategy, log_dir: str):
     assert model.pseudo_label_acceptance.numpy() == 1.0
     assert logger.steps == [1, 2], logger.steps
     np.testing.assert_allclose(logger.weights[-1], model.mixing_weights.numpy())
+    if ema_decay:
+        _check_ema_refresh_under(model, labeler, data.target.unlabelled)
 
 
-def test_callbacks_under_mirrored_strategy_one_replica(tmp_path):
-    _fit_under(tf.distribute.MirroredStrategy(["/cpu:0"]), str(tmp_path / "tb"))
+def _replica_values(model) -> list[np.ndarray]:
+    """Every replica's copy of every trainable variable."""
+    values = []
+    for variable in model.trainable_variables:
+        value = variable.value
+        values += [v.numpy() for v in getattr(value, "values", [value])]
+    return values
+
+
+def _check_ema_refresh_under(model, labeler, unlabelled):
+    """A refresh predicts with the average and writes every replica back, bit for bit."""
+    live = _replica_values(model)
+    ema = [v.numpy() for v in labeler.ema_weights]
+    labeler.refresh()
+    _assert_same_bits(live, _replica_values(model))
+    clone = _model()  # outside the strategy, set to the average
+    for variable, value in zip(clone.trainable_variables, ema):
+        variable.assign(value)
+    images, ids = (np.stack(t) for t in zip(*unlabelled.dataset.as_numpy_iterator()))
+    expected = np.zeros([unlabelled.size], np.float32)
+    expected[ids] = clone(images).numpy().max(1)
+    np.testing.assert_allclose(model.pseudo_label_weights.numpy(), expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("ema_decay", [None, 0.5])
+def test_callbacks_under_mirrored_strategy_one_replica(tmp_path, ema_decay):
+    _fit_under(tf.distribute.MirroredStrategy(["/cpu:0"]), str(tmp_path / "tb"), ema_decay)
 
 
 _TWO_REPLICAS = textwrap.dedent(
@@ -313,7 +480,8 @@ _TWO_REPLICAS = textwrap.dedent(
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import test_callbacks
     strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    test_callbacks._fit_under(strategy, {log_dir!r})
+    test_callbacks._fit_under(strategy, {log_dir!r} + "_plain")
+    test_callbacks._fit_under(strategy, {log_dir!r} + "_ema", ema_decay=0.5)
     print("OK")
     """
 )

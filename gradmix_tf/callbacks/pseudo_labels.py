@@ -2,7 +2,8 @@
 
 `select_pseudo_labels` is the selection rule, pure numpy. `PseudoLabeler` is
 the Keras callback that, after a warm-up and then every few epochs, predicts
-T_u with the current model, applies the rule and writes the result into the
+T_u with the current model (optionally with an exponential moving average of
+its weights), applies the rule and writes the result into the
 pseudo-label table the model owns (`GradMixModel.pseudo_labels`, indexed by
 the example ids `UnlabelledStream` yields). The train step reads that table
 to build the pseudo-labelled stream P.
@@ -57,6 +58,27 @@ def select_pseudo_labels(
     return labels, weights
 
 
+def _check_ema_decay(ema_decay) -> float | None:
+    """`None` or a float in [0, 1); a clear ValueError otherwise."""
+    if ema_decay is None:
+        return None
+    try:
+        value = float(ema_decay)
+    except (TypeError, ValueError):
+        value = float("nan")
+    if isinstance(ema_decay, bool) or not 0.0 <= value < 1.0:
+        raise ValueError(
+            "ema_decay must be None (or 0) to predict with the current weights, or a "
+            f"decay d with 0 < d < 1 to predict with their moving average; got {ema_decay!r}."
+        )
+    return value
+
+
+def _same_variables(pairs, variables) -> bool:
+    """Whether `pairs` averages exactly `variables` (identity, in order)."""
+    return len(pairs) == len(variables) and all(v is w for (v, _), w in zip(pairs, variables))
+
+
 def _balance_classes(top_class, confidence, accepted) -> np.ndarray:
     """Keeps the `m` most confident accepted examples of every class."""
     counts = np.bincount(top_class[accepted])
@@ -85,13 +107,32 @@ class PseudoLabeler(keras.callbacks.Callback):
     known; else 0). It adds `pseudo_labels/acceptance` and
     `pseudo_labels/precision` to the epoch logs and logs one line.
 
-    The pseudo-label state lives in the model's non-trainable variables, so a
-    checkpoint of the model saves and restores it; the callback holds nothing
-    but its configuration. Assignments happen outside replica context, so it
-    works under `tf.distribute` (prediction runs on the default device).
+    EMA weights (`ema_decay=d`, 0 < d < 1): the callback keeps an
+    exponential moving average of the model's trainable variables in
+    `tf.Variable`s of its own (`ema_weights`, in `model.trainable_variables`
+    order). They are created, or reset, at every train begin from the
+    current weights and updated at every train batch end by one traced
+    function, `ema = d * ema + (1 - d) * w`. (With `steps_per_execution=k`
+    Keras reports one batch end per `k` steps; the update then uses `d**k`,
+    so the average keeps its time constant in steps.) A refresh swaps the
+    EMA values into the model, predicts T_u, and swaps the live weights back
+    exactly, bit for bit: training continues from the live weights, and the
+    stored pseudo-labels come from the averaged ones. Non-trainable
+    variables (e.g. batch-norm statistics) are not averaged; the prediction
+    uses their live values. The average is not part of any checkpoint:
+    after a resume (or any new `fit`) it restarts from the weights the model
+    has at train begin, e.g. the restored ones. A `refresh` for a model that
+    has no average yet (no train begin with this callback, or another
+    model) predicts with the current weights, which is what the average
+    would hold at that point. `ema_decay=None` or `0` predicts with the
+    current weights and adds no per-batch work.
 
-    Not implemented: predicting with an EMA of the model's weights (the spec's
-    option); the current weights are used.
+    The pseudo-label state lives in the model's non-trainable variables, so a
+    checkpoint of the model saves and restores it; the callback holds
+    nothing but its configuration and, with `ema_decay`, the moving average.
+    Assignments happen outside replica context, so it works under
+    `tf.distribute` (prediction runs on the default device; the average
+    reads the primary replica's values, and the swaps write every replica).
 
     Args:
         unlabelled: T_u; its `size` must equal the model's `num_unlabelled`.
@@ -101,12 +142,16 @@ class PseudoLabeler(keras.callbacks.Callback):
         class_balance: at most the same number of pseudo-labels a class
             (see `select_pseudo_labels`).
         batch_size: prediction batch size.
+        ema_decay: `None` or `0`: predict with the current weights; a decay
+            `d` in (0, 1): predict with an exponential moving average of the
+            trainable weights (see above).
 
     Example:
 
     >>> labeler = PseudoLabeler(data.target.unlabelled, warmup_epochs=5)
     >>> model.fit(data.train_dataset(64, seed=0), steps_per_epoch=100, epochs=30,
     ...           callbacks=[labeler])
+    >>> ema_labeler = PseudoLabeler(data.target.unlabelled, warmup_epochs=5, ema_decay=0.99)
     """
 
     def __init__(
@@ -117,6 +162,7 @@ class PseudoLabeler(keras.callbacks.Callback):
         threshold: float = 0.9,
         class_balance: bool = False,
         batch_size: int = 256,
+        ema_decay: float | None = None,
     ):
         super().__init__()
         if warmup_epochs < 0 or refresh_every < 1 or batch_size < 1:
@@ -130,6 +176,22 @@ class PseudoLabeler(keras.callbacks.Callback):
         self.threshold = float(threshold)
         self.class_balance = bool(class_balance)
         self.batch_size = int(batch_size)
+        self.ema_decay = _check_ema_decay(ema_decay)
+        # Without an average the batch hook does nothing: safe to dispatch
+        # asynchronously, as before it existed. With one it must run between
+        # two steps, never concurrently with the next.
+        self.async_safe = not self.ema_decay
+        self._ema_model = None  # the model the average belongs to
+        self._ema_pairs = []  # (model variable, its average)
+        self._ema_update = None  # traced: one call updates every average
+        self._ema_swap = None  # traced: exchanges the model's values and the averages
+        self._ema_decays = {}  # steps since the last update -> decay tensor
+        self._last_batch = -1
+
+    @property
+    def ema_weights(self) -> list[tf.Variable] | None:
+        """The averages, in `model.trainable_variables` order; `None` before train begin."""
+        return [ema for _, ema in self._ema_pairs] if self._ema_model is not None else None
 
     def get_config(self) -> dict:
         """Every constructor argument except the stream itself."""
@@ -139,6 +201,7 @@ class PseudoLabeler(keras.callbacks.Callback):
             "threshold": self.threshold,
             "class_balance": self.class_balance,
             "batch_size": self.batch_size,
+            "ema_decay": self.ema_decay,
         }
 
     def refreshes_after(self, epoch: int) -> bool:
@@ -148,6 +211,22 @@ class PseudoLabeler(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._check_model(self.model)
+        if self.ema_decay:
+            self._start_ema(self.model)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._last_batch = -1  # Keras numbers the batches from 0 in every epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._ema_update is None:
+            return
+        steps = batch - self._last_batch  # > 1 with steps_per_execution > 1
+        self._last_batch = batch
+        decay = self._ema_decays.get(steps)
+        if decay is None:
+            decay = tf.constant(self.ema_decay ** max(steps, 1), tf.float32)
+            self._ema_decays[steps] = decay
+        self._ema_update(decay)
 
     def on_epoch_end(self, epoch, logs=None):
         if not self.refreshes_after(epoch):
@@ -173,7 +252,14 @@ class PseudoLabeler(keras.callbacks.Callback):
         if model is None:
             raise ValueError("PseudoLabeler.refresh() needs a model: pass it or call set_model.")
         self._check_model(model)
-        probabilities, seen = self._predict(model)
+        if self.ema_decay and self._ema_model is model:
+            self._ema_swap()  # the model now holds the averages, the averages the live weights
+            try:
+                probabilities, seen = self._predict(model)
+            finally:
+                self._ema_swap()  # back, bit for bit
+        else:
+            probabilities, seen = self._predict(model)
         labels, weights = select_pseudo_labels(probabilities, self.threshold, self.class_balance)
         labels[~seen] = REJECTED
         weights[~seen] = 0.0
@@ -214,6 +300,35 @@ class PseudoLabeler(keras.callbacks.Callback):
             raise ValueError(
                 f"unlabelled.true_labels must have shape [{size}], got {np.shape(true_labels)}."
             )
+
+    def _start_ema(self, model):
+        """(Re)starts the average of `model`'s trainable variables from their values."""
+        variables = list(model.trainable_variables)
+        if model is self._ema_model and _same_variables(self._ema_pairs, variables):
+            for variable, ema in self._ema_pairs:  # same model: reuse, no retracing
+                ema.assign(variable)
+            self._last_batch = -1
+            return
+        # Plain variables on the default device, like the prediction; under
+        # tf.distribute they read the primary replica of mirrored variables.
+        pairs = [
+            (v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name=f"ema_{i}"))
+            for i, v in enumerate(variables)
+        ]
+
+        def update(decay):
+            for variable, ema in pairs:
+                ema.assign(decay * ema + (1.0 - decay) * tf.cast(variable, ema.dtype))
+
+        def swap():
+            for variable, ema in pairs:
+                live = tf.identity(variable)  # ops on one variable run in program order
+                variable.assign(ema)
+                ema.assign(live)
+
+        self._ema_model, self._ema_pairs, self._last_batch = model, pairs, -1
+        self._ema_update = tf.function(update).get_concrete_function(tf.TensorSpec([], tf.float32))
+        self._ema_swap = tf.function(swap)
 
     def _predict_function(self, model):
         """One traced inference function per model, reused across refreshes."""

@@ -273,14 +273,12 @@ class GradMixModel(keras.Model):
             path_grads, mixing_weights, self._layer_ids, target_grads, self.target_weight
         )
         # 6. Adaptive learning rate for this mini-batch: r_t scales the step size.
-        rho = self._adapt_learning_rate(
-            weights.mix_gradients(
+        global_mixed = mixed
+        if self._num_replicas() > 1:
+            global_mixed = weights.mix_gradients(
                 global_streams, mixing_weights, self._layer_ids, global_target, self.target_weight
             )
-            if self._num_replicas() > 1
-            else mixed,
-            global_target,
-        )
+        rho = self._adapt_learning_rate(global_mixed, global_target)
         # 7. One optimizer step over every trainable variable.
         grads, variables = self._with_source_heads(mixed, head_grads)
         self.optimizer.apply(grads, variables)
