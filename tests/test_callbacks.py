@@ -382,6 +382,10 @@ def test_ema_refresh_before_any_training_uses_the_current_weights():
     assert labeler.ema_weights is None
     _, expected_weights = select_pseudo_labels(model(images).numpy(), 0.0)
     np.testing.assert_allclose(model.pseudo_label_weights.numpy(), expected_weights, atol=1e-6)
+    labeler.on_train_begin()  # starts the average from the current weights, exactly
+    _assert_same_bits(
+        [v.numpy() for v in model.trainable_variables], [v.numpy() for v in labeler.ema_weights]
+    )
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1, 1.0, 1.5, float("nan"), "0.9x", True, [0.9]])

@@ -79,6 +79,19 @@ def _same_variables(pairs, variables) -> bool:
     return len(pairs) == len(variables) and all(v is w for (v, _), w in zip(pairs, variables))
 
 
+def _compiled_update(update):
+    """`update(decay)` as one XLA-compiled function (a few fused kernels, not a
+    few ops a variable), or traced without XLA where XLA cannot compile it."""
+    spec = tf.TensorSpec([], tf.float32)
+    try:
+        compiled = tf.function(update, jit_compile=True).get_concrete_function(spec)
+        compiled(tf.constant(1.0))  # compiles now; decay 1 leaves the average as it is
+        return compiled
+    except (tf.errors.OpError, ValueError, NotImplementedError) as error:
+        logging.info("Pseudo-labels: EMA update without XLA (%s).", error)
+        return tf.function(update).get_concrete_function(spec)
+
+
 def _balance_classes(top_class, confidence, accepted) -> np.ndarray:
     """Keeps the `m` most confident accepted examples of every class."""
     counts = np.bincount(top_class[accepted])
@@ -107,25 +120,26 @@ class PseudoLabeler(keras.callbacks.Callback):
     known; else 0). It adds `pseudo_labels/acceptance` and
     `pseudo_labels/precision` to the epoch logs and logs one line.
 
-    EMA weights (`ema_decay=d`, 0 < d < 1): the callback keeps an
-    exponential moving average of the model's trainable variables in
-    `tf.Variable`s of its own (`ema_weights`, in `model.trainable_variables`
-    order). They are created, or reset, at every train begin from the
-    current weights and updated at every train batch end by one traced
-    function, `ema = d * ema + (1 - d) * w`. (With `steps_per_execution=k`
-    Keras reports one batch end per `k` steps; the update then uses `d**k`,
-    so the average keeps its time constant in steps.) A refresh swaps the
-    EMA values into the model, predicts T_u, and swaps the live weights back
+    EMA weights (`ema_decay=d`, 0 < d < 1): the callback keeps an exponential
+    moving average of the model's trainable variables in `tf.Variable`s of its
+    own (`ema_weights`, in `model.trainable_variables` order). They are
+    created, or reset, at every train begin from the current weights and
+    updated at every train batch end by one XLA-compiled function for all of
+    them (compiled at train begin; traced without XLA where XLA is
+    unavailable): `ema = d * ema + (1 - d) * w`. (With `steps_per_execution=k`
+    Keras reports one batch end per `k` steps; the update then uses `d**k`, so
+    the average keeps its time constant in steps.) A refresh swaps the EMA
+    values into the model, predicts T_u, and swaps the live weights back
     exactly, bit for bit: training continues from the live weights, and the
-    stored pseudo-labels come from the averaged ones. Non-trainable
-    variables (e.g. batch-norm statistics) are not averaged; the prediction
-    uses their live values. The average is not part of any checkpoint:
-    after a resume (or any new `fit`) it restarts from the weights the model
-    has at train begin, e.g. the restored ones. A `refresh` for a model that
-    has no average yet (no train begin with this callback, or another
-    model) predicts with the current weights, which is what the average
-    would hold at that point. `ema_decay=None` or `0` predicts with the
-    current weights and adds no per-batch work.
+    stored pseudo-labels come from the averaged ones. Non-trainable variables
+    (e.g. batch-norm statistics) are not averaged; the prediction uses their
+    live values. The average is not part of any checkpoint: after a resume (or
+    any new `fit`) it restarts from the weights the model has at train begin,
+    e.g. the restored ones. A `refresh` for a model that has no average yet
+    (no train begin with this callback, or another model) predicts with the
+    current weights, which is what the average would hold at that point.
+    `ema_decay=None` or `0` predicts with the current weights and adds no
+    per-batch work.
 
     The pseudo-label state lives in the model's non-trainable variables, so a
     checkpoint of the model saves and restores it; the callback holds
@@ -327,7 +341,7 @@ class PseudoLabeler(keras.callbacks.Callback):
                 ema.assign(live)
 
         self._ema_model, self._ema_pairs, self._last_batch = model, pairs, -1
-        self._ema_update = tf.function(update).get_concrete_function(tf.TensorSpec([], tf.float32))
+        self._ema_update = _compiled_update(update)
         self._ema_swap = tf.function(swap)
 
     def _predict_function(self, model):
