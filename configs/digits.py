@@ -60,6 +60,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.pseudo_labels.threshold = 0.9
     config.pseudo_labels.class_balance = False
     config.pseudo_labels.confidence_weights = True
+    config.pseudo_labels.ema_decay = 0.0  # predict with an EMA of the weights; 0 = live weights
 
     config.optimizer = ml_collections.ConfigDict()
     config.optimizer.name = "adam"  # or "sgd"
@@ -76,6 +77,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.eval_batch_size = 256
     config.train.deterministic = True
     config.train.verbose = 2
+    # A NaN/Inf loss or gradient: "stop" (error naming the stream and step) or "skip" the batch.
+    config.train.on_nonfinite = "stop"
 
     if arg == "smoke":
         config.data.max_per_class = 20

@@ -142,6 +142,7 @@ def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> Gra
         r_max=mix.r_max,
         num_unlabelled=unlabelled.size if config.pseudo_labels.enabled and unlabelled else 0,
         pseudo_label_confidence_weights=config.pseudo_labels.confidence_weights,
+        on_nonfinite=config.train.on_nonfinite,
     )
     model.build((None, *data.image_shape))
     model.compile(optimizer=build_optimizer(config))
@@ -235,6 +236,7 @@ def _callbacks(config, workdir, data, model, start_step=0):
                 threshold=pl.threshold,
                 class_balance=pl.class_balance,
                 batch_size=config.train.eval_batch_size,
+                ema_decay=pl.ema_decay or None,
             )
         )
     mixing_logger = MixingWeightsLogger(
@@ -250,7 +252,6 @@ def _callbacks(config, workdir, data, model, start_step=0):
             os.path.join(workdir, "tensorboard"), update_freq=config.train.log_every_steps
         ),
         keras.callbacks.CSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
-        keras.callbacks.TerminateOnNaN(),
         # Last: a checkpoint includes the epoch-end changes of the callbacks above.
         Checkpointer(
             os.path.join(workdir, "checkpoints"), every_n_steps=config.train.checkpoint_every_steps

@@ -12,6 +12,7 @@ from gradmix_tf.training.learning_rate import with_adaptive_learning_rate
 
 MIXINGS = ("gradmix", "uniform")
 WEIGHT_SOLVERS = ("closed_form", "lookahead")
+ON_NONFINITE = ("stop", "skip")
 PSEUDO_LABEL_STREAM = "pseudo_labels"
 
 
@@ -31,6 +32,16 @@ class GradMixModel(keras.Model):
     meta-objective, the mixed gradient, an adaptive learning rate and one
     optimizer update. Train it with plain `model.fit` on
     `MultiStreamData.train_dataset(...)`.
+
+    A non-finite loss or gradient (NaN or Inf) in any stream, the labelled
+    target included, never reaches the model: the step checks every stream
+    before it changes anything (variables, optimizer state, r_t and its
+    running mean, the mixing weights), on every replica alike. With
+    `on_nonfinite="stop"` it raises `tf.errors.InvalidArgumentError` naming
+    the stream(s) and the training step; with "skip" the batch changes
+    nothing but the count `nonfinite_skipped` (a state variable, saved in
+    checkpoints, and a log). The optimizer is built by `compile()` (or by
+    `build()` when compiled first): the step applies it inside a `tf.cond`.
 
     Args:
         trunk: any Keras layer/model mapping inputs to features.
@@ -64,6 +75,10 @@ class GradMixModel(keras.Model):
             and the pseudo-label table (filled by `PseudoLabeler`).
         pseudo_label_confidence_weights: weight each pseudo-labelled example's
             loss by its stored confidence (else by 1).
+        on_nonfinite: what a NaN/Inf loss or gradient does: "stop" (raise,
+            naming the stream and the step, before any update) or "skip"
+            (drop the batch; count it in `nonfinite_skipped`). XLA ignores
+            asserts: under `jit_compile=True`, "stop" skips (and counts) too.
 
     Example:
 
@@ -99,6 +114,7 @@ class GradMixModel(keras.Model):
         r_max: float = 2.0,
         num_unlabelled: int = 0,
         pseudo_label_confidence_weights: bool = True,
+        on_nonfinite: str = "stop",
         **kwargs,
     ):
         kwargs.setdefault("name", "gradmix")
@@ -125,6 +141,7 @@ class GradMixModel(keras.Model):
         self.r_max = float(r_max)
         self.num_unlabelled = int(num_unlabelled)
         self.pseudo_label_confidence_weights = pseudo_label_confidence_weights
+        self.on_nonfinite = on_nonfinite
         self._check_options()
 
         # One head per label space; index 0 is the target head h_T.
@@ -161,6 +178,7 @@ class GradMixModel(keras.Model):
         self.rho_ema = state("rho_ema")
         self.rho_steps = state("rho_steps")
         self.learning_rate_ratio = state("learning_rate_ratio", initializer="ones")
+        self.nonfinite_skipped = state("nonfinite_skipped", dtype="int64")
         if self.num_unlabelled:
             shape = (self.num_unlabelled,)
             self.pseudo_labels = state("pseudo_labels", shape, "int32")
@@ -177,6 +195,7 @@ class GradMixModel(keras.Model):
             (self.alignment, weights.ALIGNMENTS, "alignment"),
             (self.granularity, weights.GRANULARITIES, "granularity"),
             (self.normalization, weights.NORMALIZATIONS, "normalization"),
+            (self.on_nonfinite, ON_NONFINITE, "on_nonfinite"),
         ):
             if value not in allowed:
                 raise ValueError(f"{what} must be one of {allowed}, got {value!r}.")
@@ -227,6 +246,7 @@ class GradMixModel(keras.Model):
             name="mixing_weights",
         )
         self.built = True
+        self._build_optimizer()
 
     def call(self, inputs, training=False):
         """Target inference: class probabilities of the target head."""
@@ -240,12 +260,19 @@ class GradMixModel(keras.Model):
         if self.adaptive_learning_rate:
             optimizer = with_adaptive_learning_rate(optimizer, self.learning_rate_ratio)
         super().compile(optimizer=optimizer, **kwargs)
+        self._build_optimizer()
 
     def compile_from_config(self, config):
         """Re-compiles a loaded model (Keras skips models that override `compile`)."""
         self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)  # so its saved state loads
+
+    def _build_optimizer(self):
+        """Creates the optimizer's variables once the model is built and compiled:
+        `train_step` applies the optimizer inside a `tf.cond`, where no variable
+        may be created (and a loaded model needs them for its saved state)."""
+        optimizer = getattr(self, "optimizer", None)
+        if self.built and optimizer is not None and not optimizer.built:
+            optimizer.build(self.trainable_variables)
 
     # ------------------------------------------------------------- train step
     def train_step(self, data):
@@ -263,6 +290,12 @@ class GradMixModel(keras.Model):
             head_grads.append(own)
         # 3. Target gradient g_T on the labelled target batch.
         target_loss, target_grads, _ = self._stream_gradients(target_x, target_y, None, 0)
+        # The streams (then the target) with a NaN/Inf loss or gradient [S + 1]:
+        # if any, step 7 stops or skips, and nothing below changes any state.
+        nonfinite = self._nonfinite_streams(
+            losses + [target_loss],
+            [p + h for p, h in zip(path_grads, head_grads)] + [target_grads],
+        )
         # Mixing weights and rho come from the global (all-reduced) gradients.
         global_target = self._all_reduce(target_grads)
         global_streams = [self._all_reduce(g) for g in path_grads]
@@ -272,17 +305,17 @@ class GradMixModel(keras.Model):
         mixed = weights.mix_gradients(
             path_grads, mixing_weights, self._layer_ids, target_grads, self.target_weight
         )
-        # 6. Adaptive learning rate for this mini-batch: r_t scales the step size.
+        # 6. Adaptive learning rate for this mini-batch: rho_t, whose r_t (set in
+        #    `_update`) scales the step size.
         global_mixed = mixed
         if self._num_replicas() > 1:
             global_mixed = weights.mix_gradients(
                 global_streams, mixing_weights, self._layer_ids, global_target, self.target_weight
             )
-        rho = self._adapt_learning_rate(global_mixed, global_target)
-        # 7. One optimizer step over every trainable variable.
-        grads, variables = self._with_source_heads(mixed, head_grads)
-        self.optimizer.apply(grads, variables)
-        self.mixing_weights.assign(mixing_weights)
+        rho = adaptive_lr.batch_importance(global_mixed, global_target)
+        # 7. One optimizer step over every trainable variable (with r_t and w), or
+        #    none: `on_nonfinite` stops or skips.
+        self._update_if_finite(nonfinite, (mixed, head_grads, mixing_weights, rho))
         return self._train_logs(target_loss, losses, mixing_weights, rho)
 
     def _pseudo_labelled_batch(self, x, ids):
@@ -373,20 +406,20 @@ class GradMixModel(keras.Model):
         )
         return self._all_reduce([u])[0]
 
-    def _adapt_learning_rate(self, mixed, target_grads):
-        """Sets r_t from rho_t = max(cos(G, g_T), 0); returns rho_t."""
-        rho = adaptive_lr.batch_importance(mixed, target_grads)
-        if not self.adaptive_learning_rate:
-            return rho
-        ema, steps, rho_mean = adaptive_lr.update_running_mean(
-            self.rho_ema, self.rho_steps, rho, self.rho_decay
-        )
-        self.rho_ema.assign(ema)
-        self.rho_steps.assign(steps)
-        self.learning_rate_ratio.assign(
-            adaptive_lr.learning_rate_ratio(rho, rho_mean, self.r_min, self.r_max)
-        )
-        return rho
+    def _update(self, mixed, head_grads, mixing_weights, rho):
+        """Every state change of a step: r_t from rho_t (step 6), the optimizer step (7), w."""
+        if self.adaptive_learning_rate:
+            ema, steps, rho_mean = adaptive_lr.update_running_mean(
+                self.rho_ema, self.rho_steps, rho, self.rho_decay
+            )
+            self.rho_ema.assign(ema)
+            self.rho_steps.assign(steps)
+            self.learning_rate_ratio.assign(
+                adaptive_lr.learning_rate_ratio(rho, rho_mean, self.r_min, self.r_max)
+            )
+        grads, variables = self._with_source_heads(mixed, head_grads)
+        self.optimizer.apply(grads, variables)
+        self.mixing_weights.assign(mixing_weights)
 
     def _with_source_heads(self, mixed, head_grads):
         """Appends each source head's plain gradient (summed over its streams)."""
@@ -397,6 +430,71 @@ class GradMixModel(keras.Model):
             variables += self.heads[head].trainable_variables
         return grads, variables
 
+    # --------------------------------------------------------------- numerics
+    def _nonfinite_streams(self, losses, stream_grads):
+        """[S + 1] bool: the streams (then the target) with a NaN/Inf loss or gradient.
+
+        One `is_finite` on each loss and on each stream's summed squared
+        gradient (NaN and Inf propagate into the sum; a sum that overflows
+        float32 would break the mixing and the optimizer's state as well).
+        All-reduced, so that every replica takes the same decision.
+        """
+        finite = []
+        for loss, grads in zip(losses, stream_grads):
+            squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads])
+            finite.append(tf.math.is_finite(loss) & tf.math.is_finite(squares))
+        nonfinite = tf.cast(tf.logical_not(tf.stack(finite)), tf.float32)
+        return self._all_reduce([nonfinite])[0] > 0.0
+
+    def _update_if_finite(self, nonfinite, update_args):
+        """`_update(*update_args)` if no stream is flagged, else stop or skip.
+
+        Under a strategy that synchronises replicas with `merge_call`
+        (MirroredStrategy), a `tf.cond` around the optimizer step must run in
+        cross-replica context (as Keras's `LossScaleOptimizer` does).
+        """
+        if not tf.distribute.has_strategy() or (
+            tf.__internal__.distribute.strategy_supports_no_merge_call()
+        ):
+            tf.cond(
+                tf.reduce_any(nonfinite),
+                lambda: self._on_nonfinite(nonfinite),
+                lambda: self._update(*update_args),
+            )
+            return
+
+        def cross_replica(strategy, nonfinite, update_args):
+            nonfinite = strategy.experimental_local_results(nonfinite)[0]  # same everywhere
+            tf.cond(
+                tf.reduce_any(nonfinite),
+                lambda: self._on_nonfinite(nonfinite),
+                lambda: strategy.extended.call_for_each_replica(self._update, update_args),
+            )
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(nonfinite, update_args))
+
+    def _skips_nonfinite(self) -> bool:
+        return self.on_nonfinite == "skip" or bool(self.jit_compile)  # XLA drops asserts
+
+    def _on_nonfinite(self, nonfinite):
+        """Counts a skipped batch, or stops the run saying where and what to do."""
+        if self._skips_nonfinite():
+            self.nonfinite_skipped.assign_add(1)
+            return
+        streams = tf.boolean_mask(tf.constant(self.stream_names + ("target",)), nonfinite)
+        message = tf.strings.join(
+            [
+                "Non-finite (NaN or Inf) loss or gradient in stream(s) ",
+                tf.strings.reduce_join(streams, separator=", "),
+                " at training step ",
+                tf.strings.as_string(self.optimizer.iterations + 1),
+                " (1-based: optimizer.iterations + 1); nothing was updated. Lower the "
+                "learning rate, check the data of that stream for NaN/Inf values, or "
+                "build GradMixModel with on_nonfinite=skip to skip such batches.",
+            ]
+        )
+        tf.debugging.Assert(False, [message])
+
     def _train_logs(self, target_loss, losses, mixing_weights, rho):
         logs = {"loss": target_loss, "loss/target": target_loss}
         mean_weights = tf.reduce_mean(mixing_weights, axis=1)  # [S]
@@ -405,6 +503,8 @@ class GradMixModel(keras.Model):
             logs[f"mixing_weight/{name}"] = mean_weights[s]
         logs["rho"] = rho
         logs["learning_rate_ratio"] = self.learning_rate_ratio.value
+        if self._skips_nonfinite():
+            logs["nonfinite_skipped"] = self.nonfinite_skipped.value
         if self.num_unlabelled:
             logs["pseudo_labels/acceptance"] = self.pseudo_label_acceptance.value
             logs["pseudo_labels/precision"] = self.pseudo_label_precision.value
@@ -452,6 +552,7 @@ class GradMixModel(keras.Model):
             r_max=self.r_max,
             num_unlabelled=self.num_unlabelled,
             pseudo_label_confidence_weights=self.pseudo_label_confidence_weights,
+            on_nonfinite=self.on_nonfinite,
         )
         return config
 

@@ -1,0 +1,296 @@
+"""Tests of `GradMixModel(on_nonfinite=...)`: a NaN/Inf loss or gradient stops or skips a step."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl.testing import parameterized
+from test_gradmix_model import (
+    IMAGE_SHAPE,
+    LEARNING_RATE,
+    MODES,
+    OTHER_CLASSES,
+    TARGET_CLASSES,
+    copy_of,
+    cross_entropy,
+    make_model,
+    random_batch,
+    tiny_trunk,
+)
+
+from gradmix_tf.training.gradmix_model import GradMixModel
+
+SOURCES = (TARGET_CLASSES, OTHER_CLASSES)  # "svhn" shares h_T, "usps" has a head of its own
+SOURCE_NAMES = ("svhn", "usps")
+NUM_UNLABELLED = 6
+
+
+def nonfinite_model(on_nonfinite="stop", light=False) -> GradMixModel:
+    """Two sources and P, Adam (slots to spoil), adaptive learning rate; `light`: no P, SGD."""
+    return make_model(
+        SOURCES,
+        source_names=SOURCE_NAMES,
+        num_unlabelled=0 if light else NUM_UNLABELLED,
+        optimizer=keras.optimizers.SGD(LEARNING_RATE) if light else keras.optimizers.Adam(1e-2),
+        on_nonfinite=on_nonfinite,
+    )
+
+
+def batch(seed=0) -> dict:
+    return random_batch(SOURCES, seed=seed, num_unlabelled=NUM_UNLABELLED)
+
+
+def with_nonfinite(batch: dict, stream: str, value=np.nan, example=0) -> dict:
+    """`batch` with one pixel of `stream`'s `example` set to `value` (NaN or Inf)."""
+
+    def spoil(images):
+        return tf.tensor_scatter_nd_update(images, [[example, 1, 1, 0]], [value])
+
+    batch = dict(batch)
+    if stream == "target":
+        x, y = batch["target"]
+        batch["target"] = (spoil(x), y)
+    elif stream == "pseudo_labels":
+        x, ids = batch["unlabelled"]
+        batch["unlabelled"] = (spoil(x), ids)
+    else:
+        k = SOURCE_NAMES.index(stream)
+        sources = list(batch["sources"])
+        sources[k] = (spoil(sources[k][0]), sources[k][1])
+        batch["sources"] = tuple(sources)
+    return batch
+
+
+def state_of(model) -> list[tuple[str, np.ndarray]]:
+    """Every variable a step may change: weights, GradMix state, optimizer slots and step
+    (paths without their first part, which differs between two optimizers)."""
+    variables = model.weights + model.optimizer.variables
+    return [(v.path.split("/", 1)[-1], v.numpy()) for v in variables]
+
+
+def stepper(model, mode):
+    """`train_step`, eagerly or traced once (as `fit` runs it); it returns the logs as floats."""
+    step = model.train_step if mode == "eager" else tf.function(model.train_step)
+    return lambda batch: {name: float(value) for name, value in step(batch).items()}
+
+
+class NumericsTestCase(tf.test.TestCase, parameterized.TestCase):
+    def assertSameState(self, got, expected, skipped_changes=0):
+        """All variables equal, but for `nonfinite_skipped` having grown by `skipped_changes`."""
+        self.assertEqual([path for path, _ in got], [path for path, _ in expected])
+        for (path, after), (_, before) in zip(got, expected):
+            if path.endswith("nonfinite_skipped"):
+                self.assertEqual(int(after), int(before) + skipped_changes)
+            else:
+                self.assertAllEqual(after, before, msg=path)
+
+
+class StopTest(NumericsTestCase):
+    @parameterized.product(
+        mode=MODES,
+        stream_and_value=[("usps", np.nan), ("target", np.inf), ("pseudo_labels", np.nan)],
+    )
+    def test_raises_naming_the_stream_and_the_step(self, mode, stream_and_value):
+        stream, value = stream_and_value
+        model = nonfinite_model("stop")
+        step = stepper(model, mode)
+        step(batch(seed=1))  # a good step 1: the bad one is step 2
+        before = state_of(model)
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError,
+            rf"stream\(s\) {stream} at training step 2 \(1-based: optimizer.iterations \+ 1\)"
+            r".*Lower the learning rate.*on_nonfinite=skip",
+        ):
+            step(with_nonfinite(batch(), stream, value))
+        self.assertSameState(state_of(model), before)
+
+    def test_names_every_nonfinite_stream(self):
+        model = nonfinite_model("stop")
+        bad = with_nonfinite(with_nonfinite(batch(), "svhn"), "target", np.inf)
+        with self.assertRaisesRegex(
+            tf.errors.InvalidArgumentError, r"stream\(s\) svhn, target at training step 1 "
+        ):
+            stepper(model, "eager")(bad)
+
+    def test_fit_raises_before_the_update(self):
+        model = nonfinite_model("stop")
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, r"usps at training step 2 "):
+            fit_three_steps(model, bad_step=1)
+        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
+        self.assertTrue(all(np.isfinite(w).all() for w in model.get_weights()))
+
+
+class SkipTest(NumericsTestCase):
+    @parameterized.product(mode=MODES, stream=["svhn", "usps", "target"])
+    def test_skipped_batch_changes_nothing_and_the_next_one_trains(self, mode, stream):
+        model, twin = nonfinite_model("skip"), nonfinite_model("skip")  # twin: no bad batch
+        step, twin_step = stepper(model, mode), stepper(twin, mode)
+        step(batch(seed=1))  # Adam's slots, rho's mean and w are now non-zero
+        twin_step(batch(seed=1))
+        before = state_of(model)
+        self.assertSameState(before, state_of(twin))
+
+        logs = step(with_nonfinite(batch(), stream))
+        self.assertEqual(logs["nonfinite_skipped"], 1.0)
+        self.assertSameState(state_of(model), before, skipped_changes=1)
+        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
+
+        logs = step(batch(seed=2))
+        twin_logs = twin_step(batch(seed=2))
+        self.assertEqual(logs.pop("nonfinite_skipped"), 1.0)
+        self.assertEqual(twin_logs.pop("nonfinite_skipped"), 0.0)
+        self.assertAllClose(logs, twin_logs)
+        self.assertSameState(state_of(model), state_of(twin), skipped_changes=1)
+        self.assertEqual(int(model.optimizer.iterations.numpy()), 2)
+
+    def test_fit_skips_and_counts(self):
+        model = nonfinite_model("skip")
+        history = fit_three_steps(model, bad_step=1)
+        self.assertEqual(int(model.optimizer.iterations.numpy()), 2)
+        self.assertEqual(int(model.nonfinite_skipped.numpy()), 1)
+        self.assertEqual(history.history["nonfinite_skipped"], [1.0])
+        self.assertTrue(all(np.isfinite(w).all() for w in model.get_weights()))
+
+    @parameterized.named_parameters(
+        ("skip", "skip", (2, 1, "")),
+        ("stop", "stop", (1, 0, "usps at training step 2")),
+    )
+    def test_one_replica_mirrored_strategy(self, on_nonfinite, expected):
+        """MirroredStrategy takes the cross-replica `tf.cond` path (merge_call)."""
+        strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+        self.assertEqual(fit_under(strategy, on_nonfinite), expected)
+
+    @pytest.mark.slow  # XLA compiles the whole step on CPU: ~15-30 s
+    def test_xla_skips_when_it_cannot_stop(self):
+        """XLA drops asserts: "stop" then skips (and counts) rather than failing to compile."""
+        model = make_model((OTHER_CLASSES,), source_names=("usps",))
+        model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), jit_compile=True)
+        step = tf.function(model.train_step, jit_compile=True)
+        data = random_batch((OTHER_CLASSES,))
+        bad_source = tf.tensor_scatter_nd_update(data["sources"][0][0], [[0, 1, 1, 0]], [np.nan])
+        logs = step({"sources": ((bad_source, data["sources"][0][1]),), "target": data["target"]})
+        self.assertEqual(int(logs["nonfinite_skipped"]), 1)
+        self.assertEqual(int(step(data)["nonfinite_skipped"]), 1)
+        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
+
+
+class FiniteStepTest(NumericsTestCase):
+    @parameterized.product(mode=MODES, on_nonfinite=["stop", "skip"])
+    def test_finite_step_is_the_plain_sgd_step(self, mode, on_nonfinite):
+        """K = 1, w = 1, lambda_T = 0, r_t = 1: GradMix is SGD on the source's loss."""
+        options = {
+            "mixing": "uniform",
+            "target_weight": 0.0,
+            "adaptive_learning_rate": False,
+            "on_nonfinite": on_nonfinite,
+        }
+        model = make_model((OTHER_CLASSES,), **options)
+        manual = copy_of(model, **options)
+        data = random_batch((OTHER_CLASSES,))
+        logs = stepper(model, mode)(data)
+        self.assertEqual("nonfinite_skipped" in logs, on_nonfinite == "skip")
+        self.assertEqual(logs.get("nonfinite_skipped", 0.0), 0.0)
+
+        x, y = data["sources"][0]
+        variables = manual.trunk.trainable_variables + manual.heads[1].trainable_variables
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(cross_entropy(manual.heads[1](manual.trunk(x, training=True)), y))
+        for variable, gradient in zip(variables, tape.gradient(loss, variables)):
+            variable.assign(variable - LEARNING_RATE * gradient)
+        for expected, got in zip(manual.trainable_variables, model.trainable_variables):
+            self.assertAllClose(got, expected, rtol=1e-5, atol=1e-7, msg=got.path)
+        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
+
+
+class OptionsTest(NumericsTestCase):
+    def test_bad_value_raises(self):
+        with self.assertRaisesRegex(ValueError, r"on_nonfinite must be one of \('stop', 'skip'\)"):
+            GradMixModel(tiny_trunk(), TARGET_CLASSES, [OTHER_CLASSES], on_nonfinite="ignore")
+
+    def test_config_and_state(self):
+        model = nonfinite_model("skip")
+        self.assertEqual(model.get_config()["on_nonfinite"], "skip")
+        clone = GradMixModel.from_config(model.get_config())
+        self.assertEqual(clone.on_nonfinite, "skip")
+        self.assertIn("gradmix/nonfinite_skipped", [v.path for v in model.non_trainable_weights])
+
+    @parameterized.parameters("compile_then_build", "build_then_compile")
+    def test_optimizer_is_built_before_the_first_step(self, order):
+        """The step applies the optimizer inside a `tf.cond`: it must exist by then."""
+        model = GradMixModel(tiny_trunk(), TARGET_CLASSES, SOURCES, on_nonfinite="skip")
+        steps = [
+            lambda: model.build((None, *IMAGE_SHAPE)),
+            lambda: model.compile(optimizer=keras.optimizers.Adam(1e-3)),
+        ]
+        for step in steps if order == "build_then_compile" else steps[::-1]:
+            step()
+        self.assertTrue(model.optimizer.built)
+        data = random_batch(SOURCES)
+        step = stepper(model, "graph")
+        step(with_nonfinite(data, "target"))
+        step(data)
+        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
+        self.assertEqual(int(model.nonfinite_skipped.numpy()), 1)
+
+
+def fit_three_steps(model, bad_step, bad_example=0):
+    """`model.fit` over 3 batches of 4; batch `bad_step` has a NaN in source "usps"."""
+    batches = [batch(seed=i) for i in range(3)]
+    batches[bad_step] = with_nonfinite(batches[bad_step], "usps", example=bad_example)
+    stacked = tf.nest.map_structure(lambda *parts: tf.stack(parts), *batches)
+    dataset = tf.data.Dataset.from_tensor_slices(stacked).unbatch().batch(4)
+    return model.fit(dataset, epochs=1, verbose=0)
+
+
+def fit_under(strategy, on_nonfinite, bad_example=0):
+    """(optimizer steps, skipped batches, "" or the error's stream and step) of a 3-step fit.
+
+    Every replica's copy of every variable must stay finite and identical.
+    """
+    with strategy.scope():
+        model = nonfinite_model(on_nonfinite, light=True)
+    error = ""
+    try:
+        fit_three_steps(model, bad_step=1, bad_example=bad_example)
+    except tf.errors.InvalidArgumentError as e:
+        error = " ".join(str(e).split("stream(s) ")[1].split()[:5])
+    for variable in model.weights + model.optimizer.variables:
+        value = variable.value
+        copies = [v.numpy() for v in getattr(value, "values", [value])]
+        assert all(np.isfinite(c).all() for c in copies), variable.path
+        assert all(np.array_equal(c, copies[0]) for c in copies), variable.path
+    return int(model.optimizer.iterations.numpy()), int(model.nonfinite_skipped.numpy()), error
+
+
+_TWO_REPLICAS = textwrap.dedent(
+    """
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import test_numerics
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # Example 2 of a global batch of 4 is on replica 1 only: replica 0 sees finite data.
+    print("skip", test_numerics.fit_under(strategy, "skip", bad_example=2))
+    print("stop", test_numerics.fit_under(strategy, "stop", bad_example=2))
+    """
+)
+
+
+@pytest.mark.slow  # a fresh process (TensorFlow import + two fits): ~10-20 s
+def test_two_replicas_take_the_same_decision():
+    """A NaN on one replica stops or skips the step on both (the flag is all-reduced)."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
+    result = subprocess.run(
+        [sys.executable, "-c", _TWO_REPLICAS], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "skip (2, 1, '')" in result.stdout, result.stdout
+    assert "stop (1, 0, 'usps at training step 2')" in result.stdout, result.stdout
