@@ -48,6 +48,7 @@ from gradmix_tf.data.streams import MultiStreamData
 from gradmix_tf.data.tasks import load_task
 from gradmix_tf.export.saved_model import export_target_model
 from gradmix_tf.networks import trunks
+from gradmix_tf.training.checks import check_model_matches_data
 from gradmix_tf.training.gradmix_model import GradMixModel
 
 # Each method is GradMix's trainer with some fields fixed (same data, network,
@@ -145,6 +146,7 @@ def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> Gra
         on_nonfinite=config.train.on_nonfinite,
     )
     model.build((None, *data.image_shape))
+    check_model_matches_data(model, data)
     model.compile(optimizer=build_optimizer(config))
     model.optimizer.build(model.trainable_variables)
     return model

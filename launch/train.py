@@ -4,7 +4,9 @@ r"""Trains GradMix (or a baseline) from a config, evaluates it and exports the t
     python -m launch.train --config=configs/digits.py:smoke --workdir=/tmp/smoke \
         --config.method=joint --config.seed=1
 
-Rerunning on an existing work directory resumes from its latest checkpoint.
+Rerunning the same command on an existing work directory resumes from its latest
+checkpoint and ends with the same result as an uninterrupted run (checkpoints are written at
+epoch ends, so `train.steps` and `train.checkpoint_every_steps` are whole epochs).
 """
 
 import json
