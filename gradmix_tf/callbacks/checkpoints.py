@@ -43,6 +43,16 @@ from absl import logging
 PREFIX = "ckpt"  # checkpoints are `<directory>/ckpt-<step>`
 
 
+def batches_consumed(model: keras.Model) -> int:
+    """Training batches a model has consumed: its optimizer steps plus the
+    batches skipped for non-finite values (`GradMixModel(on_nonfinite="skip")`),
+    which do not step the optimizer. The data position and checkpoint numbers
+    count batches, so a resume after a skip stays exact."""
+    skipped = getattr(model, "nonfinite_skipped", None)
+    skipped = 0 if skipped is None else int(skipped.numpy())
+    return int(model.optimizer.iterations.numpy()) + skipped
+
+
 def training_checkpoint(model: keras.Model) -> tf.train.Checkpoint:
     """The checkpoint object of a built and compiled model.
 
@@ -103,7 +113,7 @@ def restore_latest(model: keras.Model, directory: str) -> int | None:
     tried.
 
     Returns:
-        the optimizer step of the restored checkpoint; None when `directory`
+        the batches consumed (`batches_consumed`) at the restored checkpoint; None when `directory`
         has no checkpoint, or only unregistered ones that do not read back.
 
     Raises:
@@ -130,7 +140,7 @@ def restore_latest(model: keras.Model, directory: str) -> int | None:
             )
             failures.append(f"{path}: {type(error).__name__}: {message}")
             continue
-        step = int(model.optimizer.iterations.numpy())
+        step = batches_consumed(model)
         logging.info("Restored checkpoint %s (step %d).", path, step)
         return step
     if not registered:
@@ -190,7 +200,7 @@ class Checkpointer(keras.callbacks.Callback):
         self._epoch_complete = False
 
     def _step(self) -> int:
-        return int(self.model.optimizer.iterations.numpy())
+        return batches_consumed(self.model)
 
     def _save(self, step: int):
         if self._manager is None:

