@@ -10,7 +10,8 @@ with no network and no data directory.
     python -m launch.train --config=configs/digits.py:smoke --workdir=/tmp/smoke
     python -m launch.train --config=configs/digits.py --config.method=target_only ...
 
-Expected cost and results: see docs/RESULTS.md (a few minutes on 2 CPU cores).
+Expected cost and results (docs/RESULTS.md): about 5 minutes on 2 CPU cores, target test
+accuracy about 0.64 with 10 labels a class (target-only: about 0.60; oracle: 0.92).
 `:smoke` shrinks everything to a run of well under a minute, to check wiring.
 """
 
@@ -36,7 +37,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dense_units = 128
     config.model.dropout = 0.0
 
-    # GradMixModel's options (docs/algorithm.md); the defaults follow the spec.
+    # GradMixModel's options (docs/algorithm.md); the defaults follow the paper as reconstructed there.
     config.gradmix = ml_collections.ConfigDict()
     config.gradmix.mixing = "gradmix"  # or "uniform" (joint training)
     config.gradmix.weight_solver = "closed_form"  # or "lookahead" (exact meta-gradient)

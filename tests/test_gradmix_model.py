@@ -1,4 +1,4 @@
-"""Tests of `GradMixModel.train_step` (spec steps 1-7) on a tiny trunk and 8x8x1 images."""
+"""Tests of `GradMixModel.train_step` (steps 1-7 of docs/algorithm.md) on a tiny trunk and 8x8x1 images."""
 
 from __future__ import annotations
 

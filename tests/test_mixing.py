@@ -1,4 +1,4 @@
-"""Tests of the pure mixing functions (`gradmix_tf.mixing`): spec steps 4-6 by hand."""
+"""Tests of the pure mixing functions (`gradmix_tf.mixing`): steps 4-6 of docs/algorithm.md by hand."""
 
 from __future__ import annotations
 

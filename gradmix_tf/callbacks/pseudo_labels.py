@@ -1,4 +1,4 @@
-"""Pseudo-labels for the unlabelled target set T_u (spec "Pseudo-labels").
+"""Pseudo-labels for the unlabelled target set T_u (docs/algorithm.md, "Pseudo-labels").
 
 `select_pseudo_labels` is the selection rule, pure numpy. `PseudoLabeler` is
 the Keras callback that, after a warm-up and then every few epochs, predicts

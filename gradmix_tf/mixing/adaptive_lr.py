@@ -1,4 +1,4 @@
-"""The adaptive learning rate per mini-batch (spec step 6): pure tensor functions.
+"""The adaptive learning rate per mini-batch (step 6 in docs/algorithm.md): pure tensor functions.
 
 Reconstruction (the paper's exact formula is not available)::
 

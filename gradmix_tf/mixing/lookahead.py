@@ -1,4 +1,4 @@
-"""The exact look-ahead meta-gradient of the mixing weights (spec step 4, option).
+"""The exact look-ahead meta-gradient of the mixing weights (step 4 in docs/algorithm.md, an option).
 
 For mixing weights w [S, L] the look-ahead parameters are
 

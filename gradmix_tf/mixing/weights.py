@@ -1,4 +1,4 @@
-"""Layer-wise mixing weights (spec step 4): pure tensor functions.
+"""Layer-wise mixing weights (step 4 in docs/algorithm.md): pure tensor functions.
 
 Shapes used throughout: S streams (the K sources, then the pseudo-labelled
 stream P when it exists), L layers on the target's path, V trainable variables
@@ -139,7 +139,7 @@ solve_mixing_weights_jit = tf.function(
 
 
 def mix_gradients(stream_grads, weights, layer_ids, target_grads, target_weight=1.0):
-    """Spec step 5: G_v = sum_s w[s, layer(v)] g_s,v + lambda_T g_T,v.
+    """Step 5 (docs/algorithm.md): G_v = sum_s w[s, layer(v)] g_s,v + lambda_T g_T,v.
 
     Args:
         stream_grads: S lists of V gradients (zeros where a stream has none).

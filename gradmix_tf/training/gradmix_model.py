@@ -68,7 +68,7 @@ class GradMixModel(keras.Model):
         lookahead_init: the mixing weights the look-ahead starts from.
         lookahead_step_size: alpha of the look-ahead; None uses the
             optimizer's current learning rate.
-        adaptive_learning_rate: scale the step size by r_t (spec step 6).
+        adaptive_learning_rate: scale the step size by r_t (step 6 in docs/algorithm.md).
         rho_decay: decay of the running mean of rho.
         r_min, r_max: the range r_t is clipped to.
         num_unlabelled: size of T_u; > 0 adds the pseudo-labelled stream P
