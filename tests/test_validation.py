@@ -60,3 +60,17 @@ def test_matching_model_and_data_pass():
 def test_mismatches_name_the_culprit(model_kwargs, data_kwargs, message):
     with pytest.raises(DataError, match=message):
         check_model_matches_data(make_model(**model_kwargs), make_data(**data_kwargs))
+
+
+@pytest.mark.parametrize(
+    "images, labels, message",
+    [
+        (np.array([["a"] * 8] * 8, dtype=str)[None], [0], r"'bad': images must be numeric"),
+        (np.zeros((2, 8), np.float32), [0, 1], r"'bad': images must have shape \[N, H, W\]"),
+        (np.zeros((2, 8, 8), np.float32), [0.5, 1.0], r"'bad': labels must be integer class ids"),
+        (np.zeros((2, 8, 8), np.float32), [[0], [1]], r"'bad': labels must have shape \[N\]"),
+    ],
+)
+def test_user_arrays_of_the_wrong_kind_name_the_stream(images, labels, message):
+    with pytest.raises(DataError, match=message):
+        LabelledStream.from_arrays("bad", images, labels, ["p", "q"])
