@@ -1,9 +1,10 @@
 """TensorBoard summaries and a saved history of the mixing weights w [S, L].
 
-`MixingWeightsLogger` shows which stream helped which layer, and when: every N steps it writes the streams x layers
-matrix as a heat map image, a histogram per stream and one scalar per
-(stream, layer), and it keeps the matrices so `history_path` (.npz) can be
-plotted after training. `render_mixing_weights` draws the heat map.
+`MixingWeightsLogger` shows which stream helped which layer, and when: every N
+steps it writes the streams x layers matrix as a heat map image, a histogram
+per stream and one scalar per (stream, layer), and it keeps the matrices so
+`history_path` (.npz) can be plotted after training. `render_mixing_weights`
+draws the heat map.
 
 The summaries are written with `tf.summary.write` and the TensorBoard plugin
 metadata (scalars, histograms, images), so they need no `tensorboard` package
