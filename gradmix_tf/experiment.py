@@ -104,11 +104,14 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
 
 def build_data(config: ml_collections.ConfigDict) -> MultiStreamData:
     shots = config.data.shots_per_class or None  # 0: every target example labelled
+    # Task-specific options (data directories, class subsets, clip length, ...).
+    options = dict(config.data.get("task_options") or {})
     data = load_task(
         config.data.task,
         seed=config.seed,
         shots_per_class=shots,
         max_per_class=config.data.max_per_class or None,
+        **options,
     )
     if not config.data.use_sources:
         data = MultiStreamData([], data.target)

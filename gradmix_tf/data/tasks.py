@@ -1,16 +1,27 @@
-"""Named tasks: each builds a `MultiStreamData` from a seed and options."""
+"""Named tasks: each builds a `MultiStreamData` from a seed and options.
+
+A task is registered as "module:function"; the module is imported only when
+the task is loaded, so a task that needs optional data code costs nothing to
+the others.
+"""
 
 from __future__ import annotations
 
-from gradmix_tf.data import digits
+import importlib
 
 TASKS = {
-    "digits": digits.digits_task,
+    "digits": "gradmix_tf.data.digits:digits_task",
 }
+
+
+def task_builder(name: str):
+    """The function that builds task `name` (see `TASKS`)."""
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}.")
+    module, function = TASKS[name].split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def load_task(name: str, seed: int, shots_per_class: int | None, **options):
     """Builds task `name` (see `TASKS`) for a seed and a labelled-target size."""
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known tasks: {sorted(TASKS)}.")
-    return TASKS[name](seed=seed, shots_per_class=shots_per_class, **options)
+    return task_builder(name)(seed=seed, shots_per_class=shots_per_class, **options)
