@@ -20,7 +20,9 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # gradmix | joint | target_only | oracle: the same trainer, see experiment.METHODS.
+    # gradmix, an ablation (gradmix_global, gradmix_no_adaptive_lr, gradmix_no_pseudo_labels)
+    # or a baseline (target_only, joint, pretrain_finetune, example_reweighting, pcgrad,
+    # oracle): the same trainer with a few fields fixed, see experiment.METHODS.
     config.method = "gradmix"
     config.seed = 0
 
@@ -53,6 +55,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gradmix.rho_decay = 0.99
     config.gradmix.r_min = 0.5
     config.gradmix.r_max = 2.0
+    # method=pretrain_finetune: the fraction of train.steps spent on source pre-training.
+    config.gradmix.pretrain_fraction = 0.5
 
     config.pseudo_labels = ml_collections.ConfigDict()
     config.pseudo_labels.enabled = True

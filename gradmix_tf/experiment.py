@@ -52,25 +52,23 @@ from gradmix_tf.training.checks import check_model_matches_data
 from gradmix_tf.training.gradmix_model import GradMixModel
 
 # Each method is GradMix's trainer with some fields fixed (same data, network,
-# optimizer and step budget): the baselines differ only by these overrides.
+# optimizer, step budget and seeds): the baselines differ only by these
+# overrides (docs/algorithm.md, "Baselines").
+_NO_EXTRAS = {"gradmix.adaptive_learning_rate": False, "pseudo_labels.enabled": False}
 METHODS = {
     "gradmix": {},
-    "joint": {
-        "gradmix.mixing": "uniform",
-        "gradmix.adaptive_learning_rate": False,
-        "pseudo_labels.enabled": False,
-    },
-    "target_only": {
-        "data.use_sources": False,
-        "gradmix.adaptive_learning_rate": False,
-        "pseudo_labels.enabled": False,
-    },
-    "oracle": {
-        "data.use_sources": False,
-        "data.shots_per_class": 0,
-        "gradmix.adaptive_learning_rate": False,
-        "pseudo_labels.enabled": False,
-    },
+    # Ablations of GradMix.
+    "gradmix_global": {"gradmix.granularity": "stream"},
+    "gradmix_no_adaptive_lr": {"gradmix.adaptive_learning_rate": False},
+    "gradmix_no_pseudo_labels": {"pseudo_labels.enabled": False},
+    # Baselines.
+    "target_only": {"data.use_sources": False, **_NO_EXTRAS},
+    "joint": {"gradmix.mixing": "uniform", **_NO_EXTRAS},
+    "pretrain_finetune": {"gradmix.mixing": "pretrain_finetune", **_NO_EXTRAS},
+    "example_reweighting": {"gradmix.mixing": "example_reweighting", **_NO_EXTRAS},
+    "pcgrad": {"gradmix.mixing": "pcgrad", **_NO_EXTRAS},
+    # The upper reference: every target example labelled, no sources.
+    "oracle": {"data.use_sources": False, "data.shots_per_class": 0, **_NO_EXTRAS},
 }
 
 TRUNKS = {"small_cnn": trunks.small_cnn}
@@ -147,6 +145,7 @@ def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> Gra
         num_unlabelled=unlabelled.size if config.pseudo_labels.enabled and unlabelled else 0,
         pseudo_label_confidence_weights=config.pseudo_labels.confidence_weights,
         on_nonfinite=config.train.on_nonfinite,
+        pretrain_steps=int(mix.get("pretrain_fraction", 0.5) * config.train.steps),
     )
     model.build((None, *data.image_shape))
     check_model_matches_data(model, data)

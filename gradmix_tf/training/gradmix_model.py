@@ -7,10 +7,11 @@ from collections.abc import Sequence
 import keras
 import tensorflow as tf
 
-from gradmix_tf.mixing import adaptive_lr, lookahead, weights
+from gradmix_tf.mixing import adaptive_lr, baselines, lookahead, weights
 from gradmix_tf.training.learning_rate import with_adaptive_learning_rate
 
-MIXINGS = ("gradmix", "uniform")
+# "gradmix" is the method; the others are baselines in the same trainer (docs/algorithm.md).
+MIXINGS = ("gradmix", "uniform", "pretrain_finetune", "example_reweighting", "pcgrad")
 WEIGHT_SOLVERS = ("closed_form", "lookahead")
 ON_NONFINITE = ("stop", "skip")
 PSEUDO_LABEL_STREAM = "pseudo_labels"
@@ -50,8 +51,13 @@ class GradMixModel(keras.Model):
         source_names: a name per source (for logs); default `source_<k>`.
         share_target_head: a source whose class names equal the target's
             uses h_T (and so is mixed on it) instead of a head of its own.
-        mixing: "gradmix" (weights from the meta-objective) or "uniform"
-            (every stream weight 1: joint training, the baseline).
+        mixing: "gradmix" (weights from the meta-objective); or a baseline:
+            "uniform" (every stream weight 1: joint training),
+            "pretrain_finetune" (sources only for `pretrain_steps` steps, then
+            the labelled target only), "example_reweighting" (per-example
+            weights on the pooled sources from their alignment with the target
+            gradient, Ren et al. 2018), "pcgrad" (gradient surgery over the
+            streams and the target, Yu et al. 2020). See `mixing.baselines`.
         weight_solver: "closed_form" (one meta-gradient step from w = 0) or
             "lookahead" (the exact meta-gradient through a real look-ahead
             step from `lookahead_init`, with `stateless_call`).
@@ -75,6 +81,8 @@ class GradMixModel(keras.Model):
             and the pseudo-label table (filled by `PseudoLabeler`).
         pseudo_label_confidence_weights: weight each pseudo-labelled example's
             loss by its stored confidence (else by 1).
+        pretrain_steps: with mixing="pretrain_finetune", the steps of source
+            pre-training before target fine-tuning.
         on_nonfinite: what a NaN/Inf loss or gradient does: "stop" (raise,
             naming the stream and the step, before any update) or "skip"
             (drop the batch; count it in `nonfinite_skipped`). XLA ignores
@@ -115,6 +123,7 @@ class GradMixModel(keras.Model):
         num_unlabelled: int = 0,
         pseudo_label_confidence_weights: bool = True,
         on_nonfinite: str = "stop",
+        pretrain_steps: int = 0,
         **kwargs,
     ):
         kwargs.setdefault("name", "gradmix")
@@ -142,6 +151,7 @@ class GradMixModel(keras.Model):
         self.num_unlabelled = int(num_unlabelled)
         self.pseudo_label_confidence_weights = pseudo_label_confidence_weights
         self.on_nonfinite = on_nonfinite
+        self.pretrain_steps = int(pretrain_steps)
         self._check_options()
 
         # One head per label space; index 0 is the target head h_T.
@@ -216,6 +226,11 @@ class GradMixModel(keras.Model):
             )
         if not 0.0 <= self.rho_decay < 1.0:
             raise ValueError(f"rho_decay must be in [0, 1), got {self.rho_decay}.")
+        if self.mixing == "pretrain_finetune" and self.pretrain_steps <= 0:
+            raise ValueError(
+                "mixing='pretrain_finetune' needs pretrain_steps > 0 (the steps of source "
+                f"pre-training), got {self.pretrain_steps}."
+            )
         if self.num_unlabelled < 0:
             raise ValueError(f"num_unlabelled must be >= 0, got {self.num_unlabelled}.")
         if self.lookahead_step_size is not None and not self.lookahead_step_size > 0:
@@ -281,6 +296,9 @@ class GradMixModel(keras.Model):
         streams = [(x, y, None) for x, y in data["sources"]]
         if self.num_unlabelled:
             streams.append(self._pseudo_labelled_batch(*data["unlabelled"]))
+        stream_totals = None  # example reweighting: each stream's share of the weight
+        if self.mixing == "example_reweighting" and streams:
+            streams, stream_totals = self._reweighted_streams(streams, target_x, target_y)
         # 2. Stream gradients g_s, w.r.t. the target's path and the stream's own head.
         losses, path_grads, head_grads = [], [], []
         for (x, y, example_weights), head in zip(streams, self._stream_head):
@@ -300,17 +318,22 @@ class GradMixModel(keras.Model):
         global_target = self._all_reduce(target_grads)
         global_streams = [self._all_reduce(g) for g in path_grads]
         # 4. Layer-wise mixing weights w [S, L] from the target meta-objective.
-        mixing_weights = self._mixing_weights(target_x, target_y, global_target, global_streams)
+        mixing_weights, target_weight = self._mixing_weights(
+            target_x, target_y, global_target, global_streams, stream_totals
+        )
+        if self.mixing == "pretrain_finetune":  # source heads rest while fine-tuning
+            pretraining = 1.0 - target_weight / self.target_weight
+            head_grads = [[g * pretraining for g in own] for own in head_grads]
         # 5. Mixed gradient on the target's path; source heads keep their own gradients.
         mixed = weights.mix_gradients(
-            path_grads, mixing_weights, self._layer_ids, target_grads, self.target_weight
+            path_grads, mixing_weights, self._layer_ids, target_grads, target_weight
         )
         # 6. Adaptive learning rate for this mini-batch: rho_t, whose r_t (set in
         #    `_update`) scales the step size.
         global_mixed = mixed
         if self._num_replicas() > 1:
             global_mixed = weights.mix_gradients(
-                global_streams, mixing_weights, self._layer_ids, global_target, self.target_weight
+                global_streams, mixing_weights, self._layer_ids, global_target, target_weight
             )
         rho = adaptive_lr.batch_importance(global_mixed, global_target)
         # 7. One optimizer step over every trainable variable (with r_t and w), or
@@ -343,20 +366,47 @@ class GradMixModel(keras.Model):
         return loss * self._num_replicas(), grads[:num_path], grads[num_path:]
 
     def _scaled_mean(self, per_example, example_weights):
-        """The mean over the GLOBAL batch, so replicas' gradients sum to it."""
+        """The mean over the GLOBAL batch, so replicas' gradients sum to it.
+
+        `example_weights` is None, (weights, accepted) for a weighted mean over
+        the accepted examples, or (weights, None) for weights that already sum
+        to 1 over the global batch (example reweighting).
+        """
         if example_weights is None:
             count = tf.cast(tf.shape(per_example)[0], tf.float32) * self._num_replicas()
             return tf.reduce_sum(per_example) / count
         example_weights, accepted = example_weights
+        if accepted is None:
+            return tf.reduce_sum(tf.stop_gradient(example_weights) * per_example)
         count = tf.maximum(self._all_reduce([tf.reduce_sum(accepted)])[0], 1.0)
         return tf.reduce_sum(example_weights * per_example) / count
 
-    def _mixing_weights(self, target_x, target_y, target_grads, stream_grads):
+    def _mixing_weights(self, target_x, target_y, target_grads, stream_grads, stream_totals=None):
+        """Step 4: the mixing weights [S, L] and the labelled target's weight."""
         num_streams, num_layers = len(stream_grads), len(self.mixing_layer_names)
+        if self.mixing == "pretrain_finetune":
+            stream_weights, target_factor = baselines.pretrain_finetune_weights(
+                self.optimizer.iterations, self.pretrain_steps, num_streams, num_layers
+            )
+            return stream_weights, self.target_weight * target_factor
         if num_streams == 0:
-            return tf.zeros([0, num_layers])
+            return tf.zeros([0, num_layers]), self.target_weight
         if self.mixing == "uniform":
-            return tf.ones([num_streams, num_layers])
+            return tf.ones([num_streams, num_layers]), self.target_weight
+        if self.mixing == "example_reweighting":
+            stream_weights = tf.tile(tf.stack(stream_totals)[:, None], [1, num_layers])
+            return stream_weights, self.target_weight
+        if self.mixing == "pcgrad":
+            tasks = stream_grads + [[self.target_weight * g for g in target_grads]]
+            coefficients = baselines.pcgrad_coefficients(baselines.gram_matrix(tasks))
+            stream_weights = tf.tile(coefficients[:-1, None], [1, num_layers])
+            return stream_weights, self.target_weight * coefficients[-1]
+        return self._gradmix_weights(target_x, target_y, target_grads, stream_grads), (
+            self.target_weight
+        )
+
+    def _gradmix_weights(self, target_x, target_y, target_grads, stream_grads):
+        num_streams, num_layers = len(stream_grads), len(self.mixing_layer_names)
         total = num_streams if self.weight_total == "num_streams" else float(self.weight_total)
         if self.weight_solver == "lookahead":
             u = self._lookahead_alignment(target_x, target_y, stream_grads)
@@ -376,6 +426,56 @@ class GradMixModel(keras.Model):
             weight_total=total,
         )
         return mixing_weights
+
+    def _reweighted_streams(self, streams, target_x, target_y):
+        """Example reweighting (Ren et al. 2018) on the pooled stream batches.
+
+        a_i = <g_T, grad l_i> over the target's path: the negative
+        meta-gradient of the target loss after one step on sum_i eps_i l_i,
+        w.r.t. eps_i at eps = 0, by a nested tape (double backward). The
+        examples' weights are max(a_i, 0) normalised over the pooled global
+        batch. Returns the streams, each with its loss the weighted mean
+        sum_i w_i l_i / W_s, and the stream totals W_s (global; they sum to 1),
+        which become the stream's mixing weight.
+        """
+        _, target_grads, _ = self._stream_gradients(target_x, target_y, None, 0)
+        target_grads = self._all_reduce(target_grads)
+        epsilons = [tf.zeros_like(y, dtype=tf.float32) for _, y, _ in streams]
+        with tf.GradientTape() as outer:
+            outer.watch(epsilons)
+            with tf.GradientTape() as inner:
+                total = 0.0
+                for (x, y, _), head, eps in zip(streams, self._stream_head, epsilons):
+                    logits = self.heads[head](self.trunk(x, training=True), training=True)
+                    per_example = keras.losses.sparse_categorical_crossentropy(
+                        y, keras.ops.cast(logits, "float32"), from_logits=True
+                    )
+                    total += tf.reduce_sum(eps * per_example)
+            grads = inner.gradient(total, self._path_variables)
+            alignment = tf.add_n(
+                [
+                    tf.reduce_sum(tf.cast(g, tf.float32) * tf.cast(t, tf.float32))
+                    for g, t in zip(grads, target_grads)
+                    if g is not None
+                ]
+            )
+        alignments = outer.gradient(alignment, epsilons)
+        alignments = [tf.zeros_like(e) if a is None else a for a, e in zip(alignments, epsilons)]
+        # Rejected pseudo-labels stay out: only accepted examples can weigh > 0.
+        alignments = [
+            a if w is None else tf.where(w[1] > 0.0, a, tf.zeros_like(a))
+            for a, (_, _, w) in zip(alignments, streams)
+        ]
+        positive_sum = tf.add_n([tf.reduce_sum(tf.nn.relu(a)) for a in alignments])
+        example_weights = baselines.example_weights_from_alignment(
+            alignments, self._all_reduce([positive_sum])[0]
+        )
+        totals = self._all_reduce([tf.reduce_sum(w) for w in example_weights])
+        reweighted = [
+            (x, y, (tf.math.divide_no_nan(w, total), None))
+            for (x, y, _), w, total in zip(streams, example_weights, totals)
+        ]
+        return reweighted, totals
 
     def _lookahead_alignment(self, target_x, target_y, stream_grads):
         num_trunk = len(self.trunk.trainable_variables)
@@ -553,6 +653,7 @@ class GradMixModel(keras.Model):
             num_unlabelled=self.num_unlabelled,
             pseudo_label_confidence_weights=self.pseudo_label_confidence_weights,
             on_nonfinite=self.on_nonfinite,
+            pretrain_steps=self.pretrain_steps,
         )
         return config
 
