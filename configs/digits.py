@@ -85,7 +85,25 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # A NaN/Inf loss or gradient: "stop" (error naming the stream and step) or "skip" the batch.
     config.train.on_nonfinite = "stop"
 
+    # launch.benchmark's defaults (its --methods / --seeds flags override them).
+    config.benchmark = ml_collections.ConfigDict()
+    config.benchmark.methods = (
+        "gradmix",
+        "gradmix_global",
+        "gradmix_no_adaptive_lr",
+        "gradmix_no_pseudo_labels",
+        "target_only",
+        "joint",
+        "pretrain_finetune",
+        "example_reweighting",
+        "pcgrad",
+        "oracle",
+    )
+    config.benchmark.seeds = 5
+
     if arg == "smoke":
+        config.benchmark.methods = ("gradmix", "joint")
+        config.benchmark.seeds = 2
         config.data.max_per_class = 20
         config.data.shots_per_class = 5
         config.model.filters = (8, 16)

@@ -1,0 +1,347 @@
+"""Methods x seeds in one harness, and the reports a person reads: a CSV, a table and plots.
+
+`run_benchmark` trains every (method, seed) of a config with
+`experiment.train_and_evaluate`, each in its own work directory
+`OUT/runs/<method>/seed_<n>`, so the same data, network, optimizer, step
+budget and seeds hold for all methods (a method only fixes a few config
+fields, `experiment.METHODS`). It is resumable: a run with `results.json`
+is finished and skipped, a run with checkpoints continues from them. Then
+`write_reports` writes
+
+    OUT/results.csv                  one row per run
+    OUT/summary.md                   mean +- std per method (best in bold), paired gaps
+    OUT/summary.png                  bar chart with error bars
+    OUT/mixing_weights_over_time.png streams x layers heat maps of one GradMix run
+
+The command line is `python -m launch.benchmark`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import ml_collections
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from gradmix_tf import experiment
+from gradmix_tf.callbacks.mixing_summaries import short_layer_names
+
+COLUMNS = (
+    "method",
+    "seed",
+    "target_test_accuracy",
+    "wall_seconds",
+    "steps",
+    "pseudo_label_acceptance",
+    "pseudo_label_precision",
+)
+REFERENCE_METHODS = ("oracle",)  # upper references, not competitors
+
+
+def run_dir(out: str, method: str, seed: int) -> str:
+    return os.path.join(out, "runs", method, f"seed_{seed}")
+
+
+def run_config(
+    config: ml_collections.ConfigDict, method: str, seed: int
+) -> ml_collections.ConfigDict:
+    """The resolved config of one run: `config` with its method and seed set."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.method = method
+    config.seed = seed
+    config.train.verbose = 0
+    return experiment.resolve_config(config)
+
+
+def _check_same_config(workdir: str, config: ml_collections.ConfigDict):
+    """A run directory may only be reused by the config it was started with."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        before = json.load(f)
+    now = json.loads(config.to_json_best_effort())
+    before.get("train", {}).pop("verbose", None)
+    now.get("train", {}).pop("verbose", None)
+    if before != now:
+        changed = sorted(
+            f"{group}.{name}"
+            for group in set(before) | set(now)
+            for name in set(_fields(before.get(group))) | set(_fields(now.get(group)))
+            if _fields(before.get(group)).get(name) != _fields(now.get(group)).get(name)
+        )
+        raise ValueError(
+            f"{workdir} holds a run of another config (fields that differ: "
+            f"{', '.join(changed) or 'top-level'}). Use a new --out directory, or delete that "
+            "run to train it again."
+        )
+
+
+def _fields(group) -> dict:
+    return group if isinstance(group, dict) else {"": group}
+
+
+def _row(method: str, seed: int, results: dict, wall_seconds: float) -> dict:
+    return {
+        "method": method,
+        "seed": seed,
+        "target_test_accuracy": results["target_test_accuracy"],
+        "wall_seconds": round(wall_seconds, 1),
+        "steps": results["steps"],
+        "pseudo_label_acceptance": results.get("pseudo_label_acceptance", ""),
+        "pseudo_label_precision": results.get("pseudo_label_precision", ""),
+    }
+
+
+def run_benchmark(
+    config: ml_collections.ConfigDict,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    out: str,
+    log: Callable[[str], None] = print,
+) -> list[dict]:
+    """Trains and evaluates every (method, seed); returns the rows of results.csv.
+
+    Finished runs (with `results.json`) are read, not retrained. A progress
+    line per run gives its accuracy, its time and the estimated time left.
+    """
+    unknown = [m for m in methods if m not in experiment.METHODS]
+    if unknown:
+        raise ValueError(
+            f"unknown method(s) {unknown}; known methods: {', '.join(experiment.METHODS)}."
+        )
+    if not methods or not seeds:
+        raise ValueError("need at least one method and one seed.")
+    runs = [(m, s) for s in seeds for m in methods]  # seed-major: early rows compare methods
+    configs = {(m, s): run_config(config, m, s) for m, s in runs}
+    for (m, s), run in configs.items():
+        _check_same_config(run_dir(out, m, s), run)
+
+    rows, durations = [], []
+    for index, (method, seed) in enumerate(runs, 1):
+        workdir = run_dir(out, method, seed)
+        results_path = os.path.join(workdir, "results.json")
+        timing_path = os.path.join(workdir, "wall_seconds.json")
+        prefix = f"[{index}/{len(runs)}] {method} seed {seed}:"
+        if os.path.exists(results_path) and os.path.exists(timing_path):
+            with open(results_path) as f:
+                results = json.load(f)
+            with open(timing_path) as f:
+                wall = json.load(f)["wall_seconds"]
+            log(f"{prefix} finished before, accuracy {results['target_test_accuracy']:.4f}")
+        else:
+            keras.backend.clear_session()
+            started = time.time()
+            results = experiment.train_and_evaluate(configs[(method, seed)], workdir)
+            wall = time.time() - started
+            with open(timing_path, "w") as f:
+                json.dump({"wall_seconds": wall}, f)
+            durations.append(wall)
+            left = len(runs) - index
+            eta = np.mean(durations) * left
+            log(
+                f"{prefix} accuracy {results['target_test_accuracy']:.4f} in {wall:.0f} s; "
+                f"{left} run(s) left, ETA {_duration(eta)}"
+            )
+        rows.append(_row(method, seed, results, wall))
+    write_reports(rows, out, config, methods)
+    return rows
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min"
+
+
+def read_results(path: str) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        row["seed"] = int(row["seed"])
+        row["target_test_accuracy"] = float(row["target_test_accuracy"])
+        row["wall_seconds"] = float(row["wall_seconds"])
+        row["steps"] = int(row["steps"])
+    return rows
+
+
+def summarize(rows: Sequence[dict], methods: Sequence[str] | None = None) -> list[dict]:
+    """Per method: n, mean, std (ddof=1; 0 for one seed), per-seed values, paired gap to GradMix."""
+    methods = list(methods or dict.fromkeys(r["method"] for r in rows))
+    by_method = {m: {r["seed"]: r for r in rows if r["method"] == m} for m in methods}
+    reference = by_method.get("gradmix", {})
+    summary = []
+    for method in methods:
+        runs = by_method[method]
+        seeds = sorted(runs)
+        accuracies = np.array([runs[s]["target_test_accuracy"] for s in seeds], dtype=float)
+        paired = [s for s in seeds if s in reference]
+        gaps = np.array(
+            [runs[s]["target_test_accuracy"] - reference[s]["target_test_accuracy"] for s in paired]
+        )
+        summary.append(
+            {
+                "method": method,
+                "n": len(seeds),
+                "seeds": seeds,
+                "accuracies": accuracies.tolist(),
+                "mean": float(accuracies.mean()) if len(seeds) else float("nan"),
+                "std": float(accuracies.std(ddof=1)) if len(seeds) > 1 else 0.0,
+                "gap_to_gradmix": float(gaps.mean()) if len(gaps) else float("nan"),
+                "gap_std": float(gaps.std(ddof=1)) if len(gaps) > 1 else 0.0,
+                "wall_seconds": float(np.mean([runs[s]["wall_seconds"] for s in seeds])),
+            }
+        )
+    return summary
+
+
+def best_method(summary: Sequence[dict]) -> str | None:
+    """The method with the best mean accuracy, upper references (oracle) excluded."""
+    competitors = [s for s in summary if s["method"] not in REFERENCE_METHODS and s["n"]]
+    return max(competitors, key=lambda s: s["mean"])["method"] if competitors else None
+
+
+def summary_markdown(summary: Sequence[dict], title: str) -> str:
+    best = best_method(summary)
+    lines = [
+        f"# {title}",
+        "",
+        "Target test accuracy, mean ± std over seeds (sample std). The best mean of the",
+        "non-reference methods is in bold; the oracle (every target label) is an upper",
+        "reference. 'Gap to GradMix' is the mean per-seed difference (same seed, so same",
+        "labelled examples) ± its std.",
+        "",
+        "| method | accuracy (mean ± std) | n | per seed | gap to GradMix | wall s / run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in summary:
+        cell = f"{s['mean']:.4f} ± {s['std']:.4f}"
+        if s["method"] == best:
+            cell = f"**{cell}**"
+        gap = (
+            ""
+            if s["method"] == "gradmix" or np.isnan(s["gap_to_gradmix"])
+            else (f"{s['gap_to_gradmix']:+.4f} ± {s['gap_std']:.4f}")
+        )
+        per_seed = ", ".join(f"{a:.3f}" for a in s["accuracies"])
+        name = f"{s['method']} (reference)" if s["method"] in REFERENCE_METHODS else s["method"]
+        lines.append(
+            f"| {name} | {cell} | {s['n']} | {per_seed} | {gap} | {s['wall_seconds']:.0f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_summary(summary: Sequence[dict], path: str, title: str):
+    """Bar chart of mean target accuracy with ±std error bars and the seeds as dots."""
+    figure = Figure(figsize=(max(5.0, 1.2 + 0.9 * len(summary)), 4.4), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    best = best_method(summary)
+    positions = np.arange(len(summary))
+    colours = [
+        "#bbbbbb"
+        if s["method"] in REFERENCE_METHODS
+        else "#d62728"
+        if s["method"] == best
+        else "#1f77b4"
+        if s["method"].startswith("gradmix")
+        else "#7f7f7f"
+        for s in summary
+    ]
+    axes.bar(
+        positions,
+        [s["mean"] for s in summary],
+        yerr=[s["std"] for s in summary],
+        color=colours,
+        capsize=4,
+    )
+    for x, s in zip(positions, summary):
+        axes.plot([x] * s["n"], s["accuracies"], "k.", markersize=4)
+        axes.annotate(
+            f"{s['mean']:.3f}",
+            (x, s["mean"] + s["std"]),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+            xytext=(0, 2),
+            textcoords="offset points",
+        )
+    axes.set_xticks(positions, [s["method"] for s in summary], rotation=35, ha="right", fontsize=8)
+    low = min(min(s["accuracies"]) for s in summary if s["n"])
+    axes.set_ylim(max(0.0, low - 0.1), 1.0)
+    axes.set_ylabel("target test accuracy")
+    axes.set_title(title, fontsize=9, wrap=True)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def plot_mixing_weights_over_time(history_path: str, path: str, num_points: int = 4):
+    """Heat maps of w [S, L] at `num_points` times of one run, and the per-stream means."""
+    with np.load(history_path) as history:
+        steps = history["steps"]
+        weights = history["weights"]
+        streams = [str(s) for s in history["stream_names"]]
+        layers = short_layer_names(history["layer_names"])
+    if not len(steps):
+        raise ValueError(f"{history_path} holds no mixing weights.")
+    picks = sorted(set(np.linspace(0, len(steps) - 1, num_points).round().astype(int)))
+    vmax = max(1.0, float(weights.max()))
+    figure = Figure(figsize=(3.2 * len(picks) + 1.0, 2.2 + 0.45 * len(streams) + 2.6), dpi=100)
+    FigureCanvasAgg(figure)
+    grid = figure.add_gridspec(
+        2, len(picks), height_ratios=[0.8 + 0.45 * len(streams), 2.6], hspace=1.0
+    )
+    image = None
+    for column, index in enumerate(picks):
+        axes = figure.add_subplot(grid[0, column])
+        image = axes.imshow(weights[index], vmin=0.0, vmax=vmax, cmap="viridis", aspect="auto")
+        axes.set_title(f"step {int(steps[index])}", fontsize=9)
+        axes.set_xticks(range(len(layers)), layers, rotation=60, ha="right", fontsize=6)
+        axes.set_yticks(range(len(streams)), streams if column == 0 else [], fontsize=7)
+    figure.colorbar(image, ax=figure.axes, fraction=0.02, label="w")
+    axes = figure.add_subplot(grid[1, :])
+    for s, stream in enumerate(streams):
+        axes.plot(steps, weights[:, s, :].mean(axis=1), label=stream)
+    axes.set_xlabel("training step")
+    axes.set_ylabel("mean w over layers")
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    figure.savefig(path, bbox_inches="tight")
+
+
+def write_reports(
+    rows: Sequence[dict],
+    out: str,
+    config: ml_collections.ConfigDict | None = None,
+    methods: Sequence[str] | None = None,
+) -> dict:
+    """results.csv, summary.md, summary.png (+ the mixing-weight plot of a GradMix run)."""
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "results.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    summary = summarize(rows, methods)
+    seeds = sorted({r["seed"] for r in rows})
+    task = f"task {config.data.task}, " if config is not None else ""
+    steps = f", {rows[0]['steps']} steps" if rows else ""
+    title = f"GradMix benchmark: {task}{len(seeds)} seed(s){steps}"
+    with open(os.path.join(out, "summary.md"), "w") as f:
+        f.write(summary_markdown(summary, title))
+    plot_summary(summary, os.path.join(out, "summary.png"), title)
+    paths = {"summary": os.path.join(out, "summary.md")}
+    for row in rows:
+        history = os.path.join(run_dir(out, row["method"], row["seed"]), "mixing_weights.npz")
+        if row["method"] == "gradmix" and os.path.exists(history):
+            paths["mixing_weights"] = os.path.join(out, "mixing_weights_over_time.png")
+            plot_mixing_weights_over_time(history, paths["mixing_weights"])
+            break
+    return paths

@@ -1,0 +1,50 @@
+r"""Runs methods x seeds of a config in one harness and writes the tables and plots.
+
+    python -m launch.benchmark --config=configs/digits.py --seeds=5 --out=runs/bench_digits
+    python -m launch.benchmark --config=configs/digits.py:smoke --methods=gradmix,joint \
+        --seeds=2 --out=/tmp/bench_smoke
+
+Every run trains in OUT/runs/<method>/seed_<n> with the same data, network,
+optimizer, step budget and seed as the others (a method fixes only a few config
+fields; see gradmix_tf/experiment.py). Rerunning the command skips finished runs and
+resumes interrupted ones. Writes OUT/results.csv, OUT/summary.md, OUT/summary.png and
+OUT/mixing_weights_over_time.png (gradmix). `--config.<field>=...` overrides apply to
+every run. Without --methods/--seeds, the config's `benchmark.methods` and
+`benchmark.seeds` are used (all methods, 5 seeds by default).
+"""
+
+import ml_collections
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from gradmix_tf import benchmark, experiment
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
+_METHODS = flags.DEFINE_list(
+    "methods", None, f"Comma-separated methods; known: {','.join(experiment.METHODS)}."
+)
+_SEEDS = flags.DEFINE_integer("seeds", None, "Number of seeds: runs seeds 0 .. N-1.")
+_OUT = flags.DEFINE_string("out", None, "Output directory (runs, results.csv, summary.*).")
+flags.mark_flags_as_required(["config", "out"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    config = _CONFIG.value
+    defaults = config.get("benchmark") or {}
+    methods = _METHODS.value or list(defaults.get("methods") or experiment.METHODS)
+    seeds = _SEEDS.value if _SEEDS.value is not None else int(defaults.get("seeds", 5))
+    if seeds <= 0:
+        raise app.UsageError(f"--seeds must be positive, got {seeds}.")
+    logging.set_verbosity(logging.WARNING)  # one progress line per run
+    config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
+    if "benchmark" in config:
+        del config["benchmark"]
+    benchmark.run_benchmark(config, methods, list(range(seeds)), _OUT.value)
+    print(open(f"{_OUT.value}/summary.md").read())
+    print(f"results: {_OUT.value}/results.csv, plots: {_OUT.value}/summary.png")
+
+
+if __name__ == "__main__":
+    app.run(main)
