@@ -482,3 +482,34 @@ def test_importing_the_package_does_not_import_tfds():
     env = dict(os.environ, PYTHONPATH=os.fspath(REPO), TF_CPP_MIN_LOG_LEVEL="3")
     completed = subprocess.run([sys.executable, "-c", code], env=env, timeout=120)
     assert completed.returncode == 0
+
+
+# A task named by TFDS names in a config -----------------------------------------------------
+
+
+def test_tfds_task_from_config_options(tmp_path, syn_digits_files):
+    import ml_collections
+
+    from gradmix_tf.datasets.tfds_task import tfds_task
+
+    manual, *_ = syn_digits_files
+    usps_images = _numbered_images(40, (16, 16), seed=3)
+    manual_files.write_usps_libsvm(os.fspath(manual), "train", usps_images, np.arange(40) % 10)
+    options = ml_collections.ConfigDict(
+        {
+            "image_shape": (32, 32, 3),
+            "sources": [{"dataset": "usps", "classes": (5, 6, 7, 8, 9), "name": "usps_5_9"}],
+            "target": {"dataset": "syn_digits", "test_split": "test", "name": "syn"},
+            "data_dir": os.fspath(tmp_path / "data"),
+            "manual_dir": os.fspath(manual),
+            "builder_kwargs": {"verify_checksums": False},
+        }
+    )
+    data = tfds_task(seed=0, shots_per_class=2, max_per_class=3, **dict(options))
+    (usps,) = data.sources
+    assert usps.name == "usps_5_9" and usps.class_names == ("5", "6", "7", "8", "9")
+    assert usps.size == 15 and usps.image_shape == (32, 32, 3)
+    assert data.target.labelled.size == 20 and data.target.unlabelled.size == 10
+    assert data.target.test.size == 30 and data.target.test.name == "syn_test"
+    with pytest.raises(DataError, match="unknown keys \\['clases'\\]"):
+        tfds_task(sources=[{"dataset": "usps", "clases": (1,)}], target={"dataset": "usps"})
