@@ -513,3 +513,13 @@ def test_tfds_task_from_config_options(tmp_path, syn_digits_files):
     assert data.target.test.size == 30 and data.target.test.name == "syn_test"
     with pytest.raises(DataError, match="unknown keys \\['clases'\\]"):
         tfds_task(sources=[{"dataset": "usps", "clases": (1,)}], target={"dataset": "usps"})
+
+
+def test_data_and_manual_dirs_may_start_with_a_tilde(tmp_path, monkeypatch, syn_digits_files):
+    manual, *_ = syn_digits_files
+    monkeypatch.setenv("HOME", os.fspath(tmp_path))
+    builder = datasets.prepared_builder(
+        "syn_digits", data_dir="~/data", manual_dir=f"~/{manual.relative_to(tmp_path)}"
+    )
+    assert builder.is_prepared()
+    assert (tmp_path / "data" / "syn_digits" / "1.0.0" / "dataset_info.json").exists()

@@ -65,6 +65,8 @@ def builder(name: str, data_dir=None, **builder_kwargs):
     import tensorflow_datasets as tfds
 
     import_builder_module(name)
+    if data_dir is not None:
+        data_dir = os.path.expanduser(os.fspath(data_dir))
     try:
         return tfds.builder(name, data_dir=data_dir, **builder_kwargs)
     except tfds.core.registered.DatasetNotFoundError:
