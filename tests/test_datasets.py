@@ -364,6 +364,45 @@ def test_svhn_target_split_through_mock_data(tmp_path):
     )
 
 
+def test_domainnet_images_of_different_sizes_through_mock_data(tmp_path):
+    _fake_prepared("domainnet/real", tmp_path)
+    with tfds.testing.mock_data(
+        num_examples=80, data_dir=os.fspath(tmp_path), policy=tfds.testing.MockPolicy.USE_FILES
+    ):
+        raw = datasets.load_examples("domainnet/real", "train", data_dir=tmp_path)
+        first = int(raw.labels[0])  # two classes that have examples
+        second = int(next(c for c in raw.labels if c != first))
+        stream = datasets.labelled_stream(
+            "domainnet/real", classes=(second, first), image_shape=(16, 16, 3), data_dir=tmp_path
+        )
+        with pytest.raises(DataError, match="give image_shape"):
+            datasets.labelled_stream("domainnet/real", data_dir=tmp_path)
+    assert raw.images.dtype == object and len({i.shape for i in raw.images}) > 1
+    assert stream.name == "domainnet_real" and stream.image_shape == (16, 16, 3)
+    assert stream.class_names == (raw.class_names[second], raw.class_names[first])
+    images, labels = _arrays(stream)
+    assert images.shape[1:] == (16, 16, 3) and images.max() <= 1.0
+    expected = [(raw.labels == second).sum(), (raw.labels == first).sum()]
+    np.testing.assert_array_equal(np.bincount(labels, minlength=2), expected)
+
+
+def test_ucf101_clips_through_mock_data(tmp_path):
+    _fake_prepared("ucf101/ucf101_1", tmp_path)
+    with tfds.testing.mock_data(
+        num_examples=3, data_dir=os.fspath(tmp_path), policy=tfds.testing.MockPolicy.USE_FILES
+    ):
+        clips = datasets.load_examples(
+            "ucf101/ucf101_1", "train", data_dir=tmp_path, image_key="video"
+        )
+    assert len(clips.images) == 3 and clips.images[0].ndim == 4  # [frames, H, W, 3]
+    assert len(clips.class_names) == 101
+    one = datasets.convert_images(clips.images[:1].tolist()[0][None], (8, 8, 3))
+    assert one.shape == (1, len(clips.images[0]), 8, 8, 3)
+    if len({len(c) for c in clips.images}) > 1:
+        with pytest.raises(DataError, match="sample a fixed number of frames"):
+            datasets.convert_images(clips.images, (8, 8, 3))
+
+
 # k-shot splits ---------------------------------------------------------------------------
 
 

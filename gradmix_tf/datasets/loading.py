@@ -38,7 +38,8 @@ class Examples:
     """The examples of one split, read-only.
 
     Attributes:
-        images: `[N, ...]` as stored (uint8 for images).
+        images: `[N, ...]` as stored (uint8 for images); a 1-D object array
+            of `[H_i, W_i, C]` arrays when the dataset's images differ in size.
         labels: int64 `[N]`.
         ids: `[N]` strings when the dataset has an `id` feature, else None.
         class_names: the names of the label ids of the dataset.
@@ -53,6 +54,23 @@ class Examples:
         indices = np.asarray(indices, dtype=np.int64)
         ids = None if self.ids is None else self.ids[indices]
         return Examples(self.images[indices], self.labels[indices], ids, self.class_names)
+
+
+def _object_array(items: list) -> np.ndarray:
+    """A 1-D object array of `items` (numpy arrays of possibly different shapes)."""
+    array = np.empty(len(items), dtype=object)
+    for i, item in enumerate(items):
+        array[i] = item
+    return array
+
+
+def _read_one_by_one(examples, keys, image_key) -> dict[str, np.ndarray]:
+    """Reads unbatched examples; the images become a 1-D object array."""
+    parts = {k: [] for k in keys}
+    for example in examples:
+        for k in keys:
+            parts[k].append(example[k])
+    return {k: _object_array(v) if k == image_key else np.asarray(v) for k, v in parts.items()}
 
 
 @functools.lru_cache(maxsize=8)
@@ -70,14 +88,17 @@ def _load_cached(dataset, split, data_dir, manual_dir, download, image_key, labe
             )
     keys = [image_key, label_key] + (["id"] if "id" in features else [])
     data = builder.as_dataset(split=split, shuffle_files=False)
-    data = data.map(lambda example: {k: example[k] for k in keys}).batch(_READ_BATCH)
-    parts = {k: [] for k in keys}
-    for batch in tfds.as_numpy(data):
-        for k in keys:
-            parts[k].append(batch[k])
-    if not parts[image_key]:
+    data = data.map(lambda example: {k: example[k] for k in keys})
+    if None in features[image_key].shape:  # images (or clips) of different sizes
+        arrays = _read_one_by_one(tfds.as_numpy(data), keys, image_key)
+    else:
+        parts = {k: [] for k in keys}
+        for batch in tfds.as_numpy(data.batch(_READ_BATCH)):
+            for k in keys:
+                parts[k].append(batch[k])
+        arrays = {k: np.concatenate(v) for k, v in parts.items() if v}
+    if not len(arrays.get(label_key, ())):
         raise DataError(f"dataset '{dataset}' split {split!r} is empty.")
-    arrays = {k: np.concatenate(v) for k, v in parts.items()}
     ids = arrays.get("id")
     order = np.argsort(ids, kind="stable") if ids is not None else np.arange(len(arrays[label_key]))
     label_feature = features[label_key]
@@ -190,11 +211,24 @@ def convert_images(images, image_shape=None, resize_method: str = "bilinear") ->
     becomes grey by `tf.image.rgb_to_grayscale`. Size: `tf.image.resize` with
     `resize_method`, or `"pad"` (zero padding around the centre, for e.g.
     MNIST 28x28 -> 32x32 with the digit pixels kept). Leading axes beyond
-    the batch (video frames) are kept.
+    the batch (video frames) are kept. A 1-D object array (images of
+    different sizes, as `load_examples` returns for e.g. DomainNet) is
+    converted image by image and stacked.
     """
     import tensorflow as tf
 
     images = np.asarray(images)
+    if images.dtype == object:  # images of different sizes, one by one
+        if image_shape is None:
+            raise DataError("images of different sizes: give image_shape to resize them.")
+        converted = [convert_images(image[None], image_shape, resize_method)[0] for image in images]
+        if len({c.shape for c in converted}) > 1:
+            raise DataError(
+                f"after conversion to {tuple(image_shape)} the examples still differ in shape "
+                f"({sorted({c.shape for c in converted})[:3]} ...): e.g. clips of different "
+                "lengths; sample a fixed number of frames first."
+            )
+        return np.stack(converted) if converted else np.zeros((0, *image_shape), np.float32)
     if np.issubdtype(images.dtype, np.integer):
         images = images.astype(np.float32) / np.float32(255.0)
     images = images.astype(np.float32, copy=False)
