@@ -11,6 +11,7 @@ import importlib
 
 TASKS = {
     "digits": "gradmix_tf.data.digits:digits_task",
+    "digits_mnistm": "gradmix_tf.datasets.digit_tasks:mnist_usps_to_mnistm",
 }
 
 
