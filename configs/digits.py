@@ -35,8 +35,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.trunk = "small_cnn"
-    config.model.filters = (32, 64, 128)
-    config.model.dense_units = 128
+    config.model.filters = (16, 32, 64)
+    config.model.dense_units = 64
     config.model.dropout = 0.0
 
     # GradMixModel's options (docs/algorithm.md); the defaults follow the paper as reconstructed there.
@@ -46,7 +46,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gradmix.alignment = "dot"  # or "cosine"
     config.gradmix.granularity = "layer"  # or "stream" (global weights)
     config.gradmix.normalization = "per_layer"  # or "all", "none"
-    config.gradmix.weight_total = "1.0"  # a number, or "num_streams"
+    # What each layer's weights sum to: "num_streams" keeps joint training's scale (weights
+    # 1 when every stream aligns equally); 1.0 shrinks the source gradient to ~1/S of it.
+    config.gradmix.weight_total = "num_streams"  # or a number
     config.gradmix.target_weight = 1.0  # lambda_T
     config.gradmix.share_target_head = True
     config.gradmix.lookahead_init = 0.0
@@ -60,8 +62,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.pseudo_labels = ml_collections.ConfigDict()
     config.pseudo_labels.enabled = True
-    config.pseudo_labels.warmup_epochs = 10
-    config.pseudo_labels.refresh_every = 5
+    config.pseudo_labels.warmup_epochs = 4
+    config.pseudo_labels.refresh_every = 1
     config.pseudo_labels.threshold = 0.9
     config.pseudo_labels.class_balance = False
     config.pseudo_labels.confidence_weights = True
@@ -75,9 +77,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.train = ml_collections.ConfigDict()
     config.train.batch_size = 32  # a stream's examples per step (global batch)
-    config.train.steps = 2000
-    config.train.steps_per_epoch = 100
-    config.train.checkpoint_every_steps = 500
+    config.train.steps = 600
+    config.train.steps_per_epoch = 50
+    config.train.checkpoint_every_steps = 200
     config.train.log_every_steps = 50
     config.train.eval_batch_size = 256
     config.train.deterministic = True
