@@ -11,6 +11,8 @@ import importlib
 
 TASKS = {
     "digits": "gradmix_tf.data.digits:digits_task",
+    "actions": "gradmix_tf.data.actions:actions_task",
+    "actions_hmdb51": "gradmix_tf.video.hmdb51_task:hmdb51_task",
 }
 
 

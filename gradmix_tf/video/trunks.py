@@ -1,0 +1,226 @@
+"""Video trunks f_theta: `[B, T, H, W, C]` clips in [0, 1] -> `[B, features]`.
+
+They plug into `GradMixModel` like any trunk (the method is model-agnostic):
+every layer that owns trainable variables is a mixing layer.
+
+- `video_cnn`: a compact (2+1)D network (each block a 1x3x3 spatial then a
+  3x1x1 temporal convolution, as in R(2+1)D) or, with `factorised=False`, a
+  plain 3x3x3 3D network; trained from scratch.
+- `frame_encoder`: any Keras 2D image backbone applied to every frame
+  (`TimeDistributed`), then temporal pooling over the frames: a
+  `keras.applications` model by name (``weights=None`` offline, or
+  ``"imagenet"`` where the weights are available) or the project's
+  `small_cnn`.
+
+Both start with `TemporalCrop`: a random window of `clip_length` frames at
+each training step (random temporal crop), the centre window at inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+from gradmix_tf.networks.trunks import small_cnn
+
+
+@keras.saving.register_keras_serializable(package="gradmix_tf")
+class TemporalCrop(keras.layers.Layer):
+    """Crops `[B, T, ...]` clips to `length` frames: random start in training, centre otherwise.
+
+    Args:
+        length: frames kept; None or >= T keeps every frame.
+        seed: seed of the random starts (one start per clip).
+
+    Example:
+
+    >>> crop = TemporalCrop(4)
+    >>> crop(keras.ops.zeros((2, 6, 8, 8, 3))).shape
+    TensorShape([2, 4, 8, 8, 3])
+    """
+
+    def __init__(self, length: int | None, seed: int | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self.length = length
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, clips, training=False):
+        frames = clips.shape[1]
+        if self.length is None or (frames is not None and frames <= self.length):
+            return clips
+        num_frames = tf.shape(clips)[1]
+        last_start = num_frames - self.length
+        if training:
+            batch = tf.shape(clips)[0]
+            starts = keras.random.randint([batch], 0, last_start + 1, seed=self.seed_generator)
+            indices = starts[:, None] + tf.range(self.length)[None, :]  # [B, length]
+            return tf.gather(clips, indices, batch_dims=1)
+        start = last_start // 2
+        return clips[:, start : start + self.length]
+
+    def compute_output_shape(self, input_shape):
+        frames = input_shape[1]
+        if self.length is not None and (frames is None or frames > self.length):
+            frames = self.length
+        return (input_shape[0], frames, *input_shape[2:])
+
+    def get_config(self):
+        return {**super().get_config(), "length": self.length, "seed": self.seed}
+
+
+def video_cnn(
+    filters: Sequence[int] = (16, 32, 64),
+    factorised: bool = True,
+    temporal_pool: Sequence[bool] | None = None,
+    dense_units: int = 128,
+    dropout: float = 0.0,
+    clip_length: int | None = None,
+    name: str = "trunk",
+) -> keras.Sequential:
+    """A compact (2+1)D or 3D convolutional trunk, trained from scratch.
+
+    Each block is a (2+1)D convolution (1x3x3 spatial, ReLU, 3x1x1 temporal,
+    ReLU; `factorised=True`) or a 3x3x3 convolution with ReLU, then max
+    pooling: 2x2 in space, and 2 in time where `temporal_pool` says so
+    (default: every block but the first). Then global average pooling over
+    time and space, optional dropout and a dense feature layer.
+
+    Args:
+        filters: channels of each block.
+        factorised: (2+1)D blocks; False: plain 3D convolutions.
+        temporal_pool: per block, halve the frames too.
+        dense_units: width of the feature layer.
+        dropout: dropout rate before the feature layer.
+        clip_length: frames the network sees (`TemporalCrop`); None: all.
+        name: the trunk's name.
+
+    Example:
+
+    >>> trunk = video_cnn(filters=(8, 16), dense_units=32, clip_length=8)
+    >>> trunk(keras.ops.zeros((2, 10, 32, 32, 3))).shape
+    TensorShape([2, 32])
+    """
+    if temporal_pool is None:
+        temporal_pool = [i > 0 for i in range(len(filters))]
+    if len(temporal_pool) != len(filters):
+        raise ValueError("temporal_pool needs one entry a block (as many as filters).")
+    layers = [TemporalCrop(clip_length, name="temporal_crop")]
+    for i, (width, pool_time) in enumerate(zip(filters, temporal_pool)):
+        if factorised:
+            layers += [
+                keras.layers.Conv3D(
+                    width, (1, 3, 3), padding="same", activation="relu", name=f"conv{i + 1}_space"
+                ),
+                keras.layers.Conv3D(
+                    width, (3, 1, 1), padding="same", activation="relu", name=f"conv{i + 1}_time"
+                ),
+            ]
+        else:
+            layers.append(
+                keras.layers.Conv3D(
+                    width, 3, padding="same", activation="relu", name=f"conv{i + 1}"
+                )
+            )
+        pool = (2 if pool_time else 1, 2, 2)
+        layers.append(keras.layers.MaxPooling3D(pool, padding="same", name=f"pool{i + 1}"))
+    layers.append(keras.layers.GlobalAveragePooling3D(name="global_pool"))
+    if dropout:
+        layers.append(keras.layers.Dropout(dropout, name="dropout"))
+    layers.append(keras.layers.Dense(dense_units, activation="relu", name="features"))
+    return keras.Sequential(layers, name=name)
+
+
+def image_backbone(
+    backbone: str | keras.Model,
+    frame_shape: Sequence[int],
+    weights: str | None = None,
+    backbone_options: dict | None = None,
+) -> keras.Model:
+    """A 2D backbone `[B, H, W, C] -> [B, D]` from a name or a Keras model.
+
+    Names: "small_cnn" (the project's digit trunk, averaged) or any
+    `keras.applications` constructor ("MobileNetV3Small", "ResNet50", ...),
+    built with `include_top=False, pooling="avg"` and `weights` (None: random
+    initialisation, offline; "imagenet" or a weights file where available).
+    """
+    options = dict(backbone_options or {})
+    if isinstance(backbone, keras.Model):
+        return backbone
+    if backbone == "small_cnn":
+        return small_cnn(flatten=False, name="backbone", **options)
+    constructor = getattr(keras.applications, backbone, None)
+    if constructor is None or not callable(constructor):
+        raise ValueError(
+            f"unknown backbone {backbone!r}: use 'small_cnn', a keras.applications model name "
+            "(e.g. 'MobileNetV3Small') or pass a Keras model."
+        )
+    return constructor(
+        input_shape=tuple(frame_shape),
+        include_top=False,
+        weights=weights,
+        pooling="avg",
+        **options,
+    )
+
+
+def frame_encoder(
+    backbone: str | keras.Model = "small_cnn",
+    frame_shape: Sequence[int] = (32, 32, 3),
+    weights: str | None = None,
+    backbone_options: dict | None = None,
+    pixel_scale: float = 1.0,
+    temporal_pooling: str = "mean",
+    dense_units: int = 128,
+    clip_length: int | None = None,
+    name: str = "trunk",
+) -> keras.Model:
+    """A 2D image backbone on every frame, then pooling over time.
+
+    Args:
+        backbone: see `image_backbone`; a Keras model must map
+            `[B, H, W, C]` to `[B, D]`.
+        frame_shape: (H, W, C) of a frame.
+        weights: for a `keras.applications` backbone: None (offline) or
+            "imagenet" / a weights path.
+        backbone_options: extra keyword arguments of the backbone.
+        pixel_scale: frames in [0, 1] are multiplied by this first (255 for
+            `keras.applications` models that take 0..255 pixels, such as
+            MobileNetV3 with its built-in preprocessing).
+        temporal_pooling: "mean" or "max" over frames, or "conv" (a 1D
+            temporal convolution, then the mean).
+        dense_units: width of the feature layer (0: no feature layer).
+        clip_length: frames the network sees (`TemporalCrop`); None: all.
+
+    Example:
+
+    >>> trunk = frame_encoder("small_cnn", (32, 32, 3), dense_units=16,
+    ...                       backbone_options={"filters": (8,), "dense_units": 8})
+    >>> trunk(keras.ops.zeros((2, 4, 32, 32, 3))).shape
+    TensorShape([2, 16])
+    """
+    encoder = image_backbone(backbone, frame_shape, weights, backbone_options)
+    clips = keras.Input((None, *frame_shape), name="clips")
+    x = TemporalCrop(clip_length, name="temporal_crop")(clips)
+    if pixel_scale != 1.0:
+        x = keras.layers.Rescaling(pixel_scale, name="pixel_scale")(x)
+    x = keras.layers.TimeDistributed(encoder, name="frames")(x)  # [B, T, D]
+    if temporal_pooling == "conv":
+        width = int(x.shape[-1])
+        x = keras.layers.Conv1D(width, 3, padding="same", activation="relu", name="temporal_conv")(
+            x
+        )
+        x = keras.layers.GlobalAveragePooling1D(name="temporal_pool")(x)
+    elif temporal_pooling == "mean":
+        x = keras.layers.GlobalAveragePooling1D(name="temporal_pool")(x)
+    elif temporal_pooling == "max":
+        x = keras.layers.GlobalMaxPooling1D(name="temporal_pool")(x)
+    else:
+        raise ValueError(
+            f"temporal_pooling must be 'mean', 'max' or 'conv', got {temporal_pooling!r}."
+        )
+    if dense_units:
+        x = keras.layers.Dense(dense_units, activation="relu", name="features")(x)
+    return keras.Model(clips, x, name=name)
