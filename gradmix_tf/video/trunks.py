@@ -71,6 +71,89 @@ class TemporalCrop(keras.layers.Layer):
         return {**super().get_config(), "length": self.length, "seed": self.seed}
 
 
+@keras.saving.register_keras_serializable(package="gradmix_tf")
+class SpatialConv(keras.layers.Layer):
+    """A 2D convolution applied to every frame of `[B, T, H, W, C]` clips.
+
+    The "(2)" of a (2+1)D block. The frames are folded into the batch and
+    convolved with a 2D kernel, which on CPU runs many times faster than the
+    equivalent 1xkxk `Conv3D` (especially with strides).
+    """
+
+    def __init__(
+        self, filters: int, kernel_size: int = 3, strides: int = 1, activation=None, **kwargs
+    ):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size, self.strides = filters, kernel_size, strides
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        k = self.kernel_size
+        self.kernel = self.add_weight(
+            name="kernel", shape=(k, k, input_shape[-1], self.filters), initializer="glorot_uniform"
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, clips):
+        shape = tf.shape(clips)
+        frames = tf.reshape(clips, tf.concat([[-1], shape[2:]], axis=0))  # [B*T, H, W, C]
+        frames = tf.nn.conv2d(frames, self.kernel, self.strides, "SAME") + self.bias
+        out = tf.shape(frames)
+        return self.activation(tf.reshape(frames, tf.concat([shape[:2], out[1:]], axis=0)))
+
+    def compute_output_shape(self, input_shape):
+        def reduce(size):
+            return None if size is None else -(-size // self.strides)
+
+        return (*input_shape[:2], reduce(input_shape[2]), reduce(input_shape[3]), self.filters)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "strides": self.strides,
+            "activation": keras.activations.serialize(self.activation),
+        }
+
+
+@keras.saving.register_keras_serializable(package="gradmix_tf")
+class TemporalConv(keras.layers.Layer):
+    """A 1D convolution over time at every pixel of `[B, T, H, W, C]` clips ("+1" of (2+1)D)."""
+
+    def __init__(self, filters: int, kernel_size: int = 3, activation=None, **kwargs):
+        super().__init__(**kwargs)
+        self.filters, self.kernel_size = filters, kernel_size
+        self.activation = keras.activations.get(activation)
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(
+            name="kernel",
+            shape=(self.kernel_size, 1, input_shape[-1], self.filters),
+            initializer="glorot_uniform",
+        )
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, clips):
+        shape = tf.shape(clips)  # [B, T, H, W, C]
+        pixels = tf.transpose(clips, [0, 2, 3, 1, 4])  # [B, H, W, T, C]
+        pixels = tf.reshape(pixels, [-1, shape[1], 1, shape[4]])  # [B*H*W, T, 1, C]
+        pixels = tf.nn.conv2d(pixels, self.kernel, 1, "SAME") + self.bias
+        pixels = tf.reshape(pixels, [shape[0], shape[2], shape[3], shape[1], self.filters])
+        return self.activation(tf.transpose(pixels, [0, 3, 1, 2, 4]))
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:4], self.filters)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "kernel_size": self.kernel_size,
+            "activation": keras.activations.serialize(self.activation),
+        }
+
+
 def video_cnn(
     filters: Sequence[int] = (16, 32, 64),
     factorised: bool = True,
@@ -78,12 +161,15 @@ def video_cnn(
     dense_units: int = 128,
     dropout: float = 0.0,
     clip_length: int | None = None,
+    stem_stride: int = 1,
     name: str = "trunk",
 ) -> keras.Sequential:
     """A compact (2+1)D or 3D convolutional trunk, trained from scratch.
 
-    Each block is a (2+1)D convolution (1x3x3 spatial, ReLU, 3x1x1 temporal,
-    ReLU; `factorised=True`) or a 3x3x3 convolution with ReLU, then max
+    Each block is a (2+1)D convolution (a 3x3 spatial convolution on every
+    frame, ReLU, a 3-frame temporal convolution at every pixel, ReLU;
+    `factorised=True`, `SpatialConv` + `TemporalConv`, fast on CPU) or a
+    3x3x3 `Conv3D` with ReLU, then max
     pooling: 2x2 in space, and 2 in time where `temporal_pool` says so
     (default: every block but the first). Then global average pooling over
     time and space, optional dropout and a dense feature layer.
@@ -95,6 +181,8 @@ def video_cnn(
         dense_units: width of the feature layer.
         dropout: dropout rate before the feature layer.
         clip_length: frames the network sees (`TemporalCrop`); None: all.
+        stem_stride: spatial stride of the first convolution (2 quarters the
+            cost of every later layer).
         name: the trunk's name.
 
     Example:
@@ -109,19 +197,18 @@ def video_cnn(
         raise ValueError("temporal_pool needs one entry a block (as many as filters).")
     layers = [TemporalCrop(clip_length, name="temporal_crop")]
     for i, (width, pool_time) in enumerate(zip(filters, temporal_pool)):
+        stride = (1, stem_stride, stem_stride) if i == 0 else 1
         if factorised:
             layers += [
-                keras.layers.Conv3D(
-                    width, (1, 3, 3), padding="same", activation="relu", name=f"conv{i + 1}_space"
+                SpatialConv(
+                    width, 3, stem_stride if i == 0 else 1, "relu", name=f"conv{i + 1}_space"
                 ),
-                keras.layers.Conv3D(
-                    width, (3, 1, 1), padding="same", activation="relu", name=f"conv{i + 1}_time"
-                ),
+                TemporalConv(width, 3, "relu", name=f"conv{i + 1}_time"),
             ]
         else:
             layers.append(
                 keras.layers.Conv3D(
-                    width, 3, padding="same", activation="relu", name=f"conv{i + 1}"
+                    width, 3, strides=stride, padding="same", activation="relu", name=f"conv{i + 1}"
                 )
             )
         pool = (2 if pool_time else 1, 2, 2)
