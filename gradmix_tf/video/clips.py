@@ -246,7 +246,9 @@ def video_file_dataset(
     Decoding runs in parallel (ffmpeg subprocesses); the decoded frames are
     cached (`cache=True`: in memory; a string: a cache file prefix; False:
     decoded every epoch), then a clip is sampled: a random temporal crop when
-    `training`, the centre window otherwise. Unbatched, prefetched.
+    `training`, the centre window otherwise. Unbatched, prefetched. A
+    training dataset is endless (the decoded videos repeat, each pass with
+    new random windows); an evaluation dataset makes one pass.
     """
     if len(paths) != len(labels):
         raise ValueError(f"{len(paths)} paths but {len(labels)} labels.")
@@ -263,6 +265,7 @@ def video_file_dataset(
     if cache:
         dataset = dataset.cache("" if cache is True else cache)
     if training:
+        dataset = dataset.repeat()
         seeds = tf.data.Dataset.random(seed=seed).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
             lambda example, s: (sample_clip(example[0], clip_length, "random", seed=s), example[1]),
