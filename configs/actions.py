@@ -44,6 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dropout = 0.0
     config.model.clip_length = 8  # frames the trunk sees (random window in training)
     config.model.stem_stride = 2  # spatial stride of the first convolution
+    config.model.flatten = True  # keep where motion is (zoom / rotation direction)
 
     # GradMixModel's options (docs/algorithm.md); the defaults follow the paper as reconstructed there.
     config.gradmix = ml_collections.ConfigDict()

@@ -78,3 +78,15 @@ def test_capped_indices_keeps_the_first_clips_of_each_class():
     labels = np.array([0, 1, 0, 0, 1, 2])
     assert hmdb51_task.capped_indices(labels, 2).tolist() == [0, 1, 2, 4, 5]
     assert hmdb51_task.capped_indices(labels, None).tolist() == list(range(6))
+
+
+def test_config_resolves_and_its_task_fails_fast_without_data(tmp_path):
+    from configs import actions_hmdb51
+    from gradmix_tf import experiment
+
+    config = actions_hmdb51.get_config()
+    config.data.task_options.data_dir = str(tmp_path)
+    resolved = experiment.resolve_config(config)
+    assert resolved.data.task == "actions_hmdb51" and resolved.model.trunk == "video_cnn"
+    with pytest.raises(DataError, match="hmdb51.* is not prepared"):
+        experiment.build_data(resolved)

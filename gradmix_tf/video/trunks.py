@@ -154,6 +154,17 @@ class TemporalConv(keras.layers.Layer):
         }
 
 
+@keras.saving.register_keras_serializable(package="gradmix_tf")
+class TemporalAverage(keras.layers.Layer):
+    """Averages `[B, T, ...]` over time: `[B, ...]`."""
+
+    def call(self, clips):
+        return keras.ops.mean(clips, axis=1)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], *input_shape[2:])
+
+
 def video_cnn(
     filters: Sequence[int] = (16, 32, 64),
     factorised: bool = True,
@@ -162,6 +173,7 @@ def video_cnn(
     dropout: float = 0.0,
     clip_length: int | None = None,
     stem_stride: int = 1,
+    flatten: bool = False,
     name: str = "trunk",
 ) -> keras.Sequential:
     """A compact (2+1)D or 3D convolutional trunk, trained from scratch.
@@ -172,7 +184,8 @@ def video_cnn(
     3x3x3 `Conv3D` with ReLU, then max
     pooling: 2x2 in space, and 2 in time where `temporal_pool` says so
     (default: every block but the first). Then global average pooling over
-    time and space, optional dropout and a dense feature layer.
+    time and space (or over time, then flattening: `flatten`), optional
+    dropout and a dense feature layer.
 
     Args:
         filters: channels of each block.
@@ -183,6 +196,10 @@ def video_cnn(
         clip_length: frames the network sees (`TemporalCrop`); None: all.
         stem_stride: spatial stride of the first convolution (2 quarters the
             cost of every later layer).
+        flatten: average the last feature map over time only and flatten
+            it (keeps *where* motion is: needed to tell zooming in from
+            zooming out, or the direction of a rotation, whose local motions
+            cancel in a global average); False: global average pooling.
         name: the trunk's name.
 
     Example:
@@ -213,7 +230,10 @@ def video_cnn(
             )
         pool = (2 if pool_time else 1, 2, 2)
         layers.append(keras.layers.MaxPooling3D(pool, padding="same", name=f"pool{i + 1}"))
-    layers.append(keras.layers.GlobalAveragePooling3D(name="global_pool"))
+    if flatten:
+        layers += [TemporalAverage(name="temporal_pool"), keras.layers.Flatten(name="flatten")]
+    else:
+        layers.append(keras.layers.GlobalAveragePooling3D(name="global_pool"))
     if dropout:
         layers.append(keras.layers.Dropout(dropout, name="dropout"))
     layers.append(keras.layers.Dense(dense_units, activation="relu", name="features"))
