@@ -27,6 +27,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.slow
 def test_task_builds_streams_from_prepared_builders(tmp_path):
     manual = tmp_path / "manual"
     manual.mkdir()
