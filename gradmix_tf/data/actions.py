@@ -12,23 +12,25 @@ is the motion.
 Streams (clips of ``num_frames`` x ``size`` x ``size`` x 3 float32 in [0, 1]):
 
 - source 1, stream ``mnist_translation``: a white MNIST digit on a black,
-  slightly noisy background, moving fast (1.0-1.4 px a frame). Classes
+  slightly noisy background, moving fast (1.2-1.6 px a frame). Classes
   ``move_left, move_right, move_up, move_down``.
-- source 2, stream ``photo_patch_spin_zoom``: a square patch of a photo on a
-  flat grey background, rotating fast (12-18 degrees a frame) or zooming fast
-  (scale x e^(+-0.05..0.07) a frame). Classes
+- source 2, stream ``photo_patch_spin_zoom``: a square patch of a photo (a 58x58
+  region, every third pixel) on a
+  flat grey background, rotating fast (14-20 degrees a frame) or zooming fast
+  (scale x e^(+-0.06..0.08) a frame). Classes
   ``rotate_clockwise, rotate_anticlockwise, zoom_in, zoom_out``.
 - target, stream ``digit_on_photo``: an MNIST digit (other images than
   source 1's) in a random colour over a crop of a photo, moving *slowly*
-  (0.5-0.8 px, 6-10 degrees, e^(+-0.025..0.04) a frame). Classes
+  (0.7-1.0 px, 8-12 degrees, e^(+-0.035..0.05) a frame). Classes
   ``move_left, move_right, rotate_clockwise, rotate_anticlockwise, zoom_in,
   zoom_out``: it shares some actions with each source but has the label set
   of neither, and differs from both in appearance, background and speed.
 
 Train / test are disjoint: the MNIST images are split once (fixed
 permutation) into source 1, the target training pool and the target test
-set; photo patches and backgrounds of the target test set come from the
-bottom 40% of the photos' rows, everything else from the top 60%. The
+set; the photos are cut into a checkerboard of 64x64 tiles, and the
+backgrounds of the target test set come from its "black" tiles, every other
+photo pixel (source patches, target pool backgrounds) from its "white" ones. The
 rendering is a deterministic function of ``data_seed`` (default 0); the
 task's ``seed`` only redraws the k-shot labelled split of the target pool
 (5 labelled clips a class by default, the rest unlabelled).
@@ -76,10 +78,11 @@ _DIRECTIONS = {  # (dx, dy) a frame, image coordinates (y down)
     "move_up": (0.0, -1.0),
     "move_down": (0.0, 1.0),
 }
-_SOURCE_SPEED = {"move": (1.0, 1.4), "rotate": (12.0, 18.0), "zoom": (0.05, 0.07)}
-_TARGET_SPEED = {"move": (0.5, 0.8), "rotate": (6.0, 10.0), "zoom": (0.025, 0.04)}
-_TRAIN_ROWS = 0.6  # photo rows [0, 60%) for training clips, the rest for the test set
+_SOURCE_SPEED = {"move": (1.2, 1.6), "rotate": (14.0, 20.0), "zoom": (0.06, 0.08)}
+_TARGET_SPEED = {"move": (0.7, 1.0), "rotate": (8.0, 12.0), "zoom": (0.035, 0.05)}
+_TILE = 64  # photos are cut in 64x64 tiles; alternate tiles (a checkerboard) train / test
 _PATCH_SIDE = 20
+_PATCH_SUBSAMPLE = 3  # a patch is a 60x60 photo region, every 3rd pixel: visible texture
 _MNIST_SPLIT_SEED = 20200301
 
 
@@ -92,7 +95,8 @@ class ActionClips:
         labels: int32 `[N]`.
         objects: `[N]` id of the moving image: the MNIST index, or
             ``photo * 10**6 + row * 10**3 + col`` of a photo patch.
-        background_rows: `[N]` top row of the background photo crop (-1: none).
+        background_rows: `[N]` ``row * 10**3 + col`` of the background photo
+            crop's corner (-1: no photo background).
     """
 
     clips: np.ndarray
@@ -178,17 +182,30 @@ def _mnist_partition() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order[:third], order[third : 2 * third], order[2 * third :]
 
 
-def _photo_crop(rng, side: int, test: bool) -> tuple[np.ndarray, int, int, int]:
-    """A random `side` x `side` crop of a sample photo, from the train or test rows."""
+def photo_tile_is_test(row: int, col: int) -> bool:
+    """Whether the photo pixel (row, col) is in a test tile (a checkerboard of 64x64 tiles)."""
+    return (row // _TILE + col // _TILE) % 2 == 1
+
+
+def _photo_crop(rng, side: int, test: bool, subsample: int = 1):
+    """A `side` x `side` crop (every `subsample`-th pixel) inside one train or test tile.
+
+    Returns (crop float32 [side, side, 3] in [0, 1], photo, row, col).
+    """
     photos = _photos()
+    extent = (side - 1) * subsample + 1
+    tiles = [
+        (r, c)
+        for r in range(0, photos.shape[1] - _TILE + 1, _TILE)
+        for c in range(0, photos.shape[2] - _TILE + 1, _TILE)
+        if photo_tile_is_test(r, c) == test
+    ]
     photo = int(rng.integers(len(photos)))
-    rows = photos.shape[1]
-    split = int(rows * _TRAIN_ROWS)
-    low, high = (split, rows - side) if test else (0, split - side)
-    row = int(rng.integers(low, high + 1))
-    col = int(rng.integers(0, photos.shape[2] - side + 1))
-    crop = photos[photo, row : row + side, col : col + side].astype(np.float64) / 255.0
-    return crop, photo, row, col
+    tile_row, tile_col = tiles[int(rng.integers(len(tiles)))]
+    row = tile_row + int(rng.integers(0, _TILE - extent + 1))
+    col = tile_col + int(rng.integers(0, _TILE - extent + 1))
+    crop = photos[photo, row : row + extent : subsample, col : col + extent : subsample]
+    return crop.astype(np.float32) / 255.0, photo, row, col
 
 
 @functools.lru_cache(maxsize=16)
@@ -229,23 +246,24 @@ def synthesise_stream(
         digit_ids = test_ids
     test = split == "test"
     speeds = _TARGET_SPEED if stream == TARGET_STREAM else _SOURCE_SPEED
-    scale = size / 32 * (0.55 if stream != SOURCE_SPIN_ZOOM_STREAM else 0.7)
+    scale = size / 32 * (0.8 if stream != SOURCE_SPIN_ZOOM_STREAM else 0.7)
     clips, labels, objects, background_rows = [], [], [], []
     for label, action in enumerate(class_names):
         for _ in range(clips_per_class):
             if digit_ids is not None:
                 index = int(rng.choice(digit_ids))
                 digit = mnist[index].astype(np.float64) / 255.0
-                colour = np.ones(3) if stream != TARGET_STREAM else rng.uniform(0.4, 1.0, 3)
+                colour = np.ones(3) if stream != TARGET_STREAM else rng.uniform(0.6, 1.0, 3)
                 sprite = np.concatenate([digit[..., None] * colour, digit[..., None]], axis=-1)
                 objects.append(index)
             else:
-                patch, photo, row, col = _photo_crop(rng, _PATCH_SIDE, test)
+                patch, photo, row, col = _photo_crop(rng, _PATCH_SIDE, test, _PATCH_SUBSAMPLE)
                 sprite = np.concatenate([patch, np.ones((*patch.shape[:2], 1))], axis=-1)
                 objects.append(photo * 10**6 + row * 10**3 + col)
             if stream == TARGET_STREAM:
-                background, _, row, _ = _photo_crop(rng, size, test)
-                background_rows.append(row)
+                background, _, row, col = _photo_crop(rng, size, test)
+                background = background * 0.7  # darker, so the coloured digit stands out
+                background_rows.append(row * 10**3 + col)
             elif stream == SOURCE_TRANSLATION_STREAM:
                 background = rng.uniform(0.0, 0.08, (size, size, 1)) * np.ones(3)
                 background_rows.append(-1)
