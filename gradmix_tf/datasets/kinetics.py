@@ -8,8 +8,7 @@ the user. This builder reads a local copy:
     manual_dir/annotations/<split>.csv             (columns label, youtube_id,
                                                     time_start, time_end, split)
 
-for a user-chosen subset of classes (`KineticsConfig.classes`; None: every
-class of the train CSV). A clip is found by its YouTube id: the first file
+for a user-chosen subset of classes (`KineticsConfig.classes`, required). A clip is found by its YouTube id: the first file
 in `<split>/<class>/` whose name starts with it (e.g. `<id>.mp4` or
 `<id>_000010_000020.mp4`); CSV rows whose clip is missing are skipped (many
 YouTube videos are gone) and counted in the log. Class folders may use the
@@ -45,7 +44,7 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi")
 
 @dataclasses.dataclass
 class KineticsConfig(tfds.core.BuilderConfig):
-    """A class subset (None: all classes of train.csv) and the decoding frame rate / size."""
+    """The class subset (in label order) and the decoding frame rate / size."""
 
     classes: tuple[str, ...] | None = None
     fps: float = 10.0
@@ -78,7 +77,11 @@ class Kinetics(tfds.core.GeneratorBasedBuilder):
 
     VERSION = tfds.core.Version("1.0.0")
     RELEASE_NOTES = {"1.0.0": "First release: local clips, user-chosen class subset."}
-    BUILDER_CONFIGS = [KineticsConfig(name="all", description="every class of train.csv")]
+    BUILDER_CONFIGS = [
+        KineticsConfig(
+            name="example", classes=("archery", "juggling balls"), description="2 classes"
+        )
+    ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     Fetch the Kinetics clips (e.g. Kinetics-400 with its annotation CSVs from
     https://github.com/cvdfoundation/kinetics-dataset) and lay them out in `manual_dir` as:
@@ -91,16 +94,12 @@ class Kinetics(tfds.core.GeneratorBasedBuilder):
     """
 
     def _class_names(self) -> tuple[str, ...]:
-        if self.builder_config.classes:
-            return tuple(self.builder_config.classes)
-        manual_dir = getattr(self, "_manual_dir_for_classes", None)
-        if manual_dir is None:
+        if not self.builder_config.classes:
             raise ValueError(
-                "the 'all' config takes its classes from annotations/train.csv: prepare it with "
-                "a manual_dir, or pass KineticsConfig(classes=...) to choose the classes."
+                "choose the Kinetics classes to read: Kinetics(config=KineticsConfig(name=..., "
+                "classes=('archery', ...)), ...); the labels of the data set are these classes."
             )
-        path = os.path.join(manual_dir, ANNOTATIONS_DIR, "train.csv")
-        return tuple(sorted({row["label"] for row in read_annotations(path)}))
+        return tuple(self.builder_config.classes)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return self.dataset_info_from_configs(
