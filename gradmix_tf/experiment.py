@@ -50,6 +50,7 @@ from gradmix_tf.export.saved_model import export_target_model
 from gradmix_tf.networks import trunks
 from gradmix_tf.training.checks import check_model_matches_data
 from gradmix_tf.training.gradmix_model import GradMixModel
+from gradmix_tf.video import trunks as video_trunks
 
 # Each method is GradMix's trainer with some fields fixed (same data, network,
 # optimizer, step budget and seeds): the baselines differ only by these
@@ -71,7 +72,11 @@ METHODS = {
     "oracle": {"data.use_sources": False, "data.shots_per_class": 0, **_NO_EXTRAS},
 }
 
-TRUNKS = {"small_cnn": trunks.small_cnn}
+TRUNKS = {
+    "small_cnn": trunks.small_cnn,
+    "video_cnn": video_trunks.video_cnn,
+    "frame_encoder": video_trunks.frame_encoder,
+}
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:

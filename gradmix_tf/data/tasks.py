@@ -12,6 +12,8 @@ import importlib
 TASKS = {
     "digits": "gradmix_tf.data.digits:digits_task",
     "digits_mnistm": "gradmix_tf.datasets.digit_tasks:mnist_usps_to_mnistm",
+    "actions": "gradmix_tf.data.actions:actions_task",
+    "actions_hmdb51": "gradmix_tf.video.hmdb51_task:hmdb51_task",
 }
 
 

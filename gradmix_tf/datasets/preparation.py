@@ -31,6 +31,8 @@ BUILDER_MODULES = {
     "mnist_m": "gradmix_tf.datasets.mnist_m",
     "usps": "gradmix_tf.datasets.usps",
     "syn_digits": "gradmix_tf.datasets.syn_digits",
+    "hmdb51": "gradmix_tf.datasets.hmdb51",
+    "kinetics": "gradmix_tf.datasets.kinetics",
 }
 """Builders of this package: TFDS name -> the module that registers it when imported."""
 

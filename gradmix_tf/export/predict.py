@@ -1,4 +1,10 @@
-"""Runs an exported target model on image files (PNG or JPEG, any size)."""
+"""Runs an exported target model on image files (PNG or JPEG) or, for a video model, video files.
+
+An export whose `input_shape` has four axes `(T, H, W, C)` is a video model:
+its files are decoded with ffmpeg (`gradmix_tf.video.clips.decode_video`) at
+the model's frame size, and the class probabilities are averaged over
+`num_clips` evenly spaced clips of T frames (multi-clip averaging).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from gradmix_tf.export.saved_model import load_exported
+from gradmix_tf.video.clips import VIDEO_EXTENSIONS, decode_video, multi_clip_predict
 
 
 def load_image(path: str, input_shape: Sequence[int]) -> np.ndarray:
@@ -33,17 +40,59 @@ def load_image(path: str, input_shape: Sequence[int]) -> np.ndarray:
     return pixels
 
 
-def predict_files(export_dir: str, paths: Sequence[str], top_k: int = 1):
-    """Classifies image files with an export.
+def is_video_file(path: str) -> bool:
+    return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def video_probabilities(
+    serve, path: str, input_shape: Sequence[int], num_clips: int, fps: float | None
+) -> np.ndarray:
+    """Class probabilities of one video file, averaged over `num_clips` clips."""
+    clip_length, height, width, channels = input_shape
+    if not is_video_file(path):
+        raise ValueError(
+            f"{path}: this export is a video model (clips of shape {list(input_shape)}); give "
+            f"video files ({', '.join(VIDEO_EXTENSIONS)})."
+        )
+    video = decode_video(path, size=(height, width), fps=fps, grey=channels == 1)
+    return multi_clip_predict(serve, video, clip_length, num_clips).numpy()
+
+
+def predict_files(
+    export_dir: str,
+    paths: Sequence[str],
+    top_k: int = 1,
+    num_clips: int = 3,
+    fps: float | None = None,
+):
+    """Classifies image files, or video files for a video model, with an export.
+
+    Args:
+        num_clips: video models: clips averaged a video.
+        fps: video models: decode at this frame rate (None: the file's).
 
     Returns:
         one list per file of `(class_name, probability)` pairs, best first.
     """
     if not paths:
-        raise ValueError("no image files given.")
+        raise ValueError("no image files given (or video files, for a video model).")
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}.")
     serve, metadata = load_exported(export_dir)
-    images = np.stack([load_image(p, metadata["input_shape"]) for p in paths])
-    probabilities = serve(images).numpy()
+    input_shape = metadata["input_shape"]
+    if len(input_shape) == 4:
+        probabilities = np.stack(
+            [video_probabilities(serve, p, input_shape, num_clips, fps) for p in paths]
+        )
+    else:
+        videos = [p for p in paths if is_video_file(p)]
+        if videos:
+            raise ValueError(
+                f"{videos[0]} is a video but this export classifies images of shape "
+                f"{list(input_shape)}: give PNG or JPEG files, or a video model's export."
+            )
+        images = np.stack([load_image(p, input_shape) for p in paths])
+        probabilities = serve(images).numpy()
     names = metadata["class_names"]
     results = []
     for row in probabilities:
