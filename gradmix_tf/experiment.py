@@ -148,6 +148,7 @@ def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> Gra
         num_unlabelled=unlabelled.size if config.pseudo_labels.enabled and unlabelled else 0,
         pseudo_label_confidence_weights=config.pseudo_labels.confidence_weights,
         on_nonfinite=config.train.on_nonfinite,
+        jit_mixing_weights=mix.get("jit_mixing_weights", False),
     )
     model.build((None, *data.image_shape))
     check_model_matches_data(model, data)

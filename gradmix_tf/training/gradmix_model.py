@@ -21,6 +21,19 @@ def _layer_key(variable) -> str:
     return variable.path.rsplit("/", 1)[0]
 
 
+def _reducible_logs(logs: dict) -> dict:
+    """`logs` as Keras can average them across workers.
+
+    Under MultiWorkerMirroredStrategy, Keras 3 averages each log of a step
+    over its axis 0 (`reduce_per_replica`), which fails on scalars
+    (tensorflow/tensorflow#72388): there every log gets a leading axis of 1,
+    which the average removes again.
+    """
+    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
 @keras.saving.register_keras_serializable(package="gradmix_tf")
 class GradMixModel(keras.Model):
     """GradMix: multi-source transfer across domains and tasks.
@@ -344,7 +357,7 @@ class GradMixModel(keras.Model):
             )
             loss = self._scaled_mean(per_example, example_weights)
         variables = self._path_variables + own_variables
-        grads = tape.gradient(self._scale_loss(loss), variables)
+        grads = tape.gradient(loss, variables, output_gradients=self._loss_scale())
         # A stream with its own head has no gradient on h_T: zeros, not None.
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
         grads = self._unscale(grads)
@@ -506,9 +519,10 @@ class GradMixModel(keras.Model):
         optimizer = getattr(self, "optimizer", None)
         return optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
 
-    def _scale_loss(self, loss):
+    def _loss_scale(self):
+        """The loss scale the backward pass starts from (None: 1)."""
         optimizer = self._loss_scale_optimizer()
-        return loss if optimizer is None else optimizer.scale_loss(loss)
+        return None if optimizer is None else tf.cast(optimizer.dynamic_scale, tf.float32)
 
     def _unscale(self, grads):
         """Gradients of a scaled loss -> float32 gradients of the loss."""
@@ -574,9 +588,22 @@ class GradMixModel(keras.Model):
         if self.num_unlabelled:
             logs["pseudo_labels/acceptance"] = self.pseudo_label_acceptance.value
             logs["pseudo_labels/precision"] = self.pseudo_label_precision.value
-        return logs
+        return _reducible_logs(logs)
 
     # ------------------------------------------------------------ distribution
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to build from data once built and compiled (`build`, `compile`).
+
+        Under a strategy, Keras's `fit` otherwise draws the first batch from the
+        training iterator and averages it across replicas to build the model:
+        MultiWorkerMirroredStrategy cannot reduce a nested multi-stream batch,
+        and the batch drawn is one the training does not see.
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if self.built and optimizer is not None and optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _num_replicas(self) -> int:
         return tf.distribute.get_strategy().num_replicas_in_sync
 
@@ -592,7 +619,9 @@ class GradMixModel(keras.Model):
         probabilities = self(x, training=False)
         self.test_loss.update_state(keras.losses.sparse_categorical_crossentropy(y, probabilities))
         self.test_accuracy.update_state(y, probabilities)
-        return {"loss": self.test_loss.result(), "accuracy": self.test_accuracy.result()}
+        return _reducible_logs(
+            {"loss": self.test_loss.result(), "accuracy": self.test_accuracy.result()}
+        )
 
     # ------------------------------------------------------------ serialising
     def get_config(self):
