@@ -57,6 +57,12 @@ _REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; the table giv
 _STEPS = flags.DEFINE_integer("steps", 10, "Steps of each method in a round.")
 _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps of each method first (tracing).")
 _JIT_STEP = flags.DEFINE_bool("jit_step", False, "Compile each whole step with XLA.")
+_INTER_OP_THREADS = flags.DEFINE_integer(
+    "inter_op_threads",
+    0,
+    "TensorFlow's inter-op threads (0: its default). 1 runs independent ops one after "
+    "another: GradMix's per-stream passes then no longer overlap on a multi-core CPU.",
+)
 flags.mark_flags_as_required(["config"])
 
 METHODS = ("gradmix", "joint", "uniform")
@@ -213,6 +219,8 @@ def format_row(num_sources, method, row, reference_ms) -> str:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _INTER_OP_THREADS.value:
+        tf.config.threading.set_inter_op_parallelism_threads(_INTER_OP_THREADS.value)
     config = experiment.resolve_config(_CONFIG.value)
     try:
         counts = [int(k) for k in _NUM_SOURCES.value]
@@ -225,6 +233,7 @@ def main(argv):
     print(
         f"bench_step: {config.model.trunk} {dict(config.model)}, batch {config.train.batch_size} "
         f"a stream, optimizer {config.optimizer.name}, XLA step {_JIT_STEP.value}, "
+        f"inter-op threads {_INTER_OP_THREADS.value or 'default'}, "
         f"TF {tf.__version__}, Keras {keras.__version__}, device {_device()}; "
         f"{_REPEATS.value} rounds x {_STEPS.value} steps, medians."
     )
