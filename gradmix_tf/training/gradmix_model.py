@@ -595,9 +595,9 @@ class GradMixModel(keras.Model):
         """Nothing to build from data once built and compiled (`build`, `compile`).
 
         Under a strategy, Keras's `fit` otherwise draws the first batch from the
-        training iterator and averages it across replicas to build the model:
-        MultiWorkerMirroredStrategy cannot reduce a nested multi-stream batch,
-        and the batch drawn is one the training does not see.
+        training iterator and averages it across replicas to build the model,
+        which MultiWorkerMirroredStrategy cannot do for a nested multi-stream
+        batch (and which a built model does not need).
         """
         optimizer = getattr(self, "optimizer", None)
         if self.built and optimizer is not None and optimizer.built:
