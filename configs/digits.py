@@ -59,6 +59,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gradmix.r_max = 2.0
     # method=pretrain_finetune: the fraction of train.steps spent on source pre-training.
     config.gradmix.pretrain_fraction = 0.5
+    config.gradmix.jit_mixing_weights = False  # solve the weights with XLA (any strategy)
 
     config.pseudo_labels = ml_collections.ConfigDict()
     config.pseudo_labels.enabled = True
@@ -86,6 +87,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.verbose = 2
     # A NaN/Inf loss or gradient: "stop" (error naming the stream and step) or "skip" the batch.
     config.train.on_nonfinite = "stop"
+    # Scaling (docs/algorithm.md, "Scaling"): "none" (one device), "mirrored" (the GPUs, or
+    # the logical CPUs, of this host) or "multi_worker" (hosts listed in TF_CONFIG).
+    config.train.distribute = "none"
+    config.train.precision = "float32"  # or "mixed_float16", "mixed_bfloat16"
+    config.train.jit_compile = "auto"  # the whole step with XLA: "auto", "on" (one device), "off"
 
     # launch.benchmark's defaults (its --methods / --seeds flags override them).
     config.benchmark = ml_collections.ConfigDict()

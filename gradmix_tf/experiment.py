@@ -41,6 +41,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
+from gradmix_tf import distribute
 from gradmix_tf.callbacks.checkpoints import Checkpointer, batches_consumed, restore_latest
 from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
 from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
@@ -151,10 +152,14 @@ def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> Gra
         pseudo_label_confidence_weights=config.pseudo_labels.confidence_weights,
         on_nonfinite=config.train.on_nonfinite,
         pretrain_steps=int(mix.get("pretrain_fraction", 0.5) * config.train.steps),
+        jit_mixing_weights=mix.get("jit_mixing_weights", False),
     )
     model.build((None, *data.image_shape))
     check_model_matches_data(model, data)
-    model.compile(optimizer=build_optimizer(config))
+    model.compile(
+        optimizer=build_optimizer(config),
+        jit_compile=distribute.jit_compile_option(config.train.get("jit_compile", "auto")),
+    )
     model.optimizer.build(model.trainable_variables)
     return model
 
@@ -299,13 +304,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     a rerun of a finished run trains no further.
     """
     config = resolve_config(config)
+    # The strategy first: a multi-worker strategy must exist before any op runs.
+    strategy = distribute.make_strategy(config.train.get("distribute", "none"))
+    chief = distribute.is_chief(strategy)
+    # Only the chief writes `workdir`; other workers write a private copy.
+    write_dir = workdir if chief else distribute.worker_directory(workdir)
     os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
+    with open(os.path.join(write_dir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
     _seed_everything(config)
 
     data = build_data(config)
-    model = build_model(config, data)
+    with strategy.scope(), distribute.precision_policy(config.train.get("precision", "float32")):
+        model = build_model(config, data)
     checkpoints = os.path.join(workdir, "checkpoints")
     start_step = restore_latest(model, checkpoints) or 0
     if start_step:
@@ -315,11 +326,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     started = time.time()
     if start_step < train.steps:
         model.fit(
-            train_batches(data, config, start_step),
+            distribute.shard_by_data(train_batches(data, config, start_step)),
             epochs=train.steps // train.steps_per_epoch,
             initial_epoch=resume_epoch(start_step, train.steps_per_epoch),
             steps_per_epoch=train.steps_per_epoch,
-            callbacks=_callbacks(config, workdir, data, model, start_step),
+            callbacks=_callbacks(config, write_dir, data, model, start_step),
             verbose=train.verbose,
         )
     train_seconds = time.time() - started
@@ -337,6 +348,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if model.num_unlabelled:
         results["pseudo_label_acceptance"] = float(model.pseudo_label_acceptance.numpy())
         results["pseudo_label_precision"] = float(model.pseudo_label_precision.numpy())
+    if not chief:
+        distribute.remove_worker_directory(workdir, write_dir)
+        return results
     with open(os.path.join(workdir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
     export_target_model(
@@ -363,7 +377,8 @@ def evaluate_workdir(workdir: str) -> dict:
     config = load_workdir_config(workdir)
     _seed_everything(config)
     data = build_data(config)
-    model = build_model(config, data)
+    with distribute.precision_policy(config.train.get("precision", "float32")):
+        model = build_model(config, data)
     step = restore_latest(model, os.path.join(workdir, "checkpoints"))
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}.")

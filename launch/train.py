@@ -3,6 +3,10 @@ r"""Trains GradMix (or a baseline) from a config, evaluates it and exports the t
     python -m launch.train --config=configs/digits.py --workdir=runs/digits
     python -m launch.train --config=configs/digits.py:smoke --workdir=/tmp/smoke \
         --config.method=joint --config.seed=1
+    python -m launch.train --config=configs/digits.py --workdir=runs/digits --distribute=mirrored
+    TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker",
+        "index": 0}}' python -m launch.train --config=configs/digits.py --workdir=/shared/run \
+        --distribute=multi_worker          # the same on host2 with "index": 1
 
 Rerunning the same command on an existing work directory resumes from its latest
 checkpoint and ends with the same result as an uninterrupted run (checkpoints are written at
@@ -14,11 +18,18 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
-from gradmix_tf import experiment
+from gradmix_tf import distribute, experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, logs, results and the export go."
+)
+_DISTRIBUTE = flags.DEFINE_enum(
+    "distribute",
+    None,
+    list(distribute.STRATEGIES),
+    "Overrides config.train.distribute: none, mirrored (this host's GPUs or logical CPUs) "
+    "or multi_worker (the hosts in TF_CONFIG; run the same command on every host).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -26,7 +37,10 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    results = experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    if _DISTRIBUTE.value is not None:
+        config.train.distribute = _DISTRIBUTE.value
+    results = experiment.train_and_evaluate(config, _WORKDIR.value)
     print(json.dumps(results, indent=2))
 
 

@@ -40,6 +40,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
+from gradmix_tf import distribute
+
 PREFIX = "ckpt"  # checkpoints are `<directory>/ckpt-<step>`
 
 
@@ -178,6 +180,10 @@ class Checkpointer(keras.callbacks.Callback):
     `every_n_steps` a multiple of `steps_per_epoch` to save exactly every N
     steps (otherwise: at the first epoch end after each multiple).
 
+    Under `MultiWorkerMirroredStrategy` only the chief writes `directory`;
+    every other worker saves alongside it (a save may need every worker)
+    into a temporary directory of its own, removed at the end of training.
+
     Put it last among the callbacks, after those that change model state at
     an epoch's end (`PseudoLabeler`), so a checkpoint includes their changes.
 
@@ -195,6 +201,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.every_n_steps = every_n_steps
         self.max_to_keep = max_to_keep
         self._manager = None
+        self._worker_directory = None  # a non-chief worker's private copy
         self._last_saved = 0
         self._batches_done = 0
         self._epoch_complete = False
@@ -202,15 +209,22 @@ class Checkpointer(keras.callbacks.Callback):
     def _step(self) -> int:
         return batches_consumed(self.model)
 
+    def _is_chief(self) -> bool:
+        return distribute.is_chief(getattr(self.model, "distribute_strategy", None))
+
     def _save(self, step: int):
         if self._manager is None:
-            self._manager = checkpoint_manager(self.model, self.directory, self.max_to_keep)
+            directory = self.directory
+            if not self._is_chief():  # saves with the chief, into a directory of its own
+                directory = self._worker_directory = distribute.worker_directory(directory)
+            self._manager = checkpoint_manager(self.model, directory, self.max_to_keep)
         path = self._manager.save(checkpoint_number=step)
         self._last_saved = step
         logging.info("Saved checkpoint %s", path)
 
     def on_train_begin(self, logs=None):
-        remove_partial_writes(self.directory)
+        if self._is_chief():
+            remove_partial_writes(self.directory)
         self._last_saved = self._step()
         self._epoch_complete = False
 
@@ -237,3 +251,6 @@ class Checkpointer(keras.callbacks.Callback):
         step = self._step()
         if self._epoch_complete and step != self._last_saved:
             self._save(step)
+        if self._worker_directory:
+            distribute.remove_worker_directory(self.directory, self._worker_directory)
+            self._worker_directory, self._manager = None, None

@@ -22,6 +22,19 @@ def _layer_key(variable) -> str:
     return variable.path.rsplit("/", 1)[0]
 
 
+def _reducible_logs(logs: dict) -> dict:
+    """`logs` as Keras can average them across workers.
+
+    Under MultiWorkerMirroredStrategy, Keras 3 averages each log of a step
+    over its axis 0 (`reduce_per_replica`), which fails on scalars
+    (tensorflow/tensorflow#72388): there every log gets a leading axis of 1,
+    which the average removes again.
+    """
+    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
 @keras.saving.register_keras_serializable(package="gradmix_tf")
 class GradMixModel(keras.Model):
     """GradMix: multi-source transfer across domains and tasks.
@@ -87,6 +100,12 @@ class GradMixModel(keras.Model):
             naming the stream and the step, before any update) or "skip"
             (drop the batch; count it in `nonfinite_skipped`). XLA ignores
             asserts: under `jit_compile=True`, "stop" skips (and counts) too.
+            With `mixed_float16` (a `LossScaleOptimizer`), a non-finite
+            gradient with finite losses is a loss-scale overflow: the step
+            is skipped (and counted) and the loss scale halved, as Keras does.
+        jit_mixing_weights: solve the mixing weights with the XLA-compiled
+            `weights.solve_mixing_weights_jit` (pure tensors in and out, so
+            it also runs under tf.distribute; the all-reduce stays outside).
 
     Example:
 
@@ -124,6 +143,7 @@ class GradMixModel(keras.Model):
         pseudo_label_confidence_weights: bool = True,
         on_nonfinite: str = "stop",
         pretrain_steps: int = 0,
+        jit_mixing_weights: bool = False,
         **kwargs,
     ):
         kwargs.setdefault("name", "gradmix")
@@ -152,6 +172,7 @@ class GradMixModel(keras.Model):
         self.pseudo_label_confidence_weights = pseudo_label_confidence_weights
         self.on_nonfinite = on_nonfinite
         self.pretrain_steps = int(pretrain_steps)
+        self.jit_mixing_weights = bool(jit_mixing_weights)
         self._check_options()
 
         # One head per label space; index 0 is the target head h_T.
@@ -359,9 +380,10 @@ class GradMixModel(keras.Model):
             )
             loss = self._scaled_mean(per_example, example_weights)
         variables = self._path_variables + own_variables
-        grads = tape.gradient(loss, variables)
+        grads = tape.gradient(loss, variables, output_gradients=self._loss_scale())
         # A stream with its own head has no gradient on h_T: zeros, not None.
         grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        grads = self._unscale(grads)
         num_path = len(self._path_variables)
         return loss * self._num_replicas(), grads[:num_path], grads[num_path:]
 
@@ -414,7 +436,8 @@ class GradMixModel(keras.Model):
                 u = tf.tile(tf.reduce_sum(u, axis=1, keepdims=True), [1, num_layers])
             return weights.normalize_weights(u, self.normalization, total)
         dots, target_sq, stream_sq = weights.per_variable_products(target_grads, stream_grads)
-        mixing_weights, _ = weights.solve_mixing_weights(
+        solve = weights.solve_mixing_weights_jit if self.jit_mixing_weights else None
+        mixing_weights, _ = (solve or weights.solve_mixing_weights)(
             dots,
             target_sq,
             stream_sq,
@@ -438,8 +461,13 @@ class GradMixModel(keras.Model):
         sum_i w_i l_i / W_s, and the stream totals W_s (global; they sum to 1),
         which become the stream's mixing weight.
         """
+        if self._num_replicas() > 1:
+            raise NotImplementedError(
+                "mixing='example_reweighting' runs on one device only (its collectives "
+                "mismatch across replicas under tf.distribute): train it with "
+                "train.distribute='none', or use another method under a strategy."
+            )
         _, target_grads, _ = self._stream_gradients(target_x, target_y, None, 0)
-        target_grads = self._all_reduce(target_grads)
         epsilons = [tf.zeros_like(y, dtype=tf.float32) for _, y, _ in streams]
         with tf.GradientTape() as outer:
             outer.watch(epsilons)
@@ -518,6 +546,12 @@ class GradMixModel(keras.Model):
                 adaptive_lr.learning_rate_ratio(rho, rho_mean, self.r_min, self.r_max)
             )
         grads, variables = self._with_source_heads(mixed, head_grads)
+        # All made in this branch of the `tf.cond`: the optimizer's all-reduce fails
+        # on a mix of outer tensors and branch tensors (a head shared by two sources).
+        grads = [tf.identity(g) for g in grads]
+        optimizer = self._loss_scale_optimizer()
+        if optimizer is not None:  # it unscales them again (a power of 2: exact)
+            grads = [g * optimizer.dynamic_scale for g in grads]
         self.optimizer.apply(grads, variables)
         self.mixing_weights.assign(mixing_weights)
 
@@ -541,6 +575,9 @@ class GradMixModel(keras.Model):
         """
         finite = []
         for loss, grads in zip(losses, stream_grads):
+            if self._loss_scale_optimizer() is not None:  # gradients: `_loss_scale_overflow`
+                finite.append(tf.math.is_finite(loss))
+                continue
             squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads])
             finite.append(tf.math.is_finite(loss) & tf.math.is_finite(squares))
         nonfinite = tf.cast(tf.logical_not(tf.stack(finite)), tf.float32)
@@ -553,25 +590,73 @@ class GradMixModel(keras.Model):
         (MirroredStrategy), a `tf.cond` around the optimizer step must run in
         cross-replica context (as Keras's `LossScaleOptimizer` does).
         """
+        overflow = self._loss_scale_overflow(update_args[0], update_args[1])
         if not tf.distribute.has_strategy() or (
             tf.__internal__.distribute.strategy_supports_no_merge_call()
         ):
             tf.cond(
                 tf.reduce_any(nonfinite),
                 lambda: self._on_nonfinite(nonfinite),
-                lambda: self._update(*update_args),
+                lambda: self._unless_overflow(overflow, lambda: self._update(*update_args)),
             )
             return
 
-        def cross_replica(strategy, nonfinite, update_args):
+        def cross_replica(strategy, nonfinite, overflow, update_args):
             nonfinite = strategy.experimental_local_results(nonfinite)[0]  # same everywhere
+            overflow = strategy.experimental_local_results(overflow)[0]
+
+            def update():
+                strategy.extended.call_for_each_replica(self._update, update_args)
+
             tf.cond(
                 tf.reduce_any(nonfinite),
                 lambda: self._on_nonfinite(nonfinite),
-                lambda: strategy.extended.call_for_each_replica(self._update, update_args),
+                lambda: self._unless_overflow(overflow, update),
             )
 
-        tf.distribute.get_replica_context().merge_call(cross_replica, args=(nonfinite, update_args))
+        tf.distribute.get_replica_context().merge_call(
+            cross_replica, args=(nonfinite, overflow, update_args)
+        )
+
+    # -------------------------------------------------------- mixed precision
+    def _loss_scale_optimizer(self):
+        """The `LossScaleOptimizer` (`mixed_float16`), or None."""
+        optimizer = getattr(self, "optimizer", None)
+        return optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
+
+    def _loss_scale(self):
+        """The loss scale the backward pass starts from (None: 1)."""
+        optimizer = self._loss_scale_optimizer()
+        return None if optimizer is None else tf.cast(optimizer.dynamic_scale, tf.float32)
+
+    def _unscale(self, grads):
+        """Gradients of a scaled loss -> float32 gradients of the loss."""
+        optimizer = self._loss_scale_optimizer()
+        if optimizer is None:
+            return grads
+        scale = tf.cast(optimizer.dynamic_scale, tf.float32)
+        return [tf.cast(g, tf.float32) / scale for g in grads]
+
+    def _loss_scale_overflow(self, mixed, head_grads):
+        """Whether a gradient overflowed under loss scaling (all replicas); None without."""
+        if self._loss_scale_optimizer() is None:
+            return None
+        grads = list(mixed) + [g for grads in head_grads for g in grads]
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads])
+        return self._all_reduce([tf.cast(tf.logical_not(finite), tf.float32)])[0] > 0.0
+
+    def _unless_overflow(self, overflow, update):
+        """`update()`, or, on a loss-scale overflow, halve the scale and skip."""
+        if overflow is None:
+            return update()
+        optimizer = self._loss_scale_optimizer()
+
+        def lower_the_scale():
+            optimizer.step_counter.assign(0)
+            optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 0.5)
+            self.nonfinite_skipped.assign_add(1)
+
+        tf.cond(overflow, lower_the_scale, update)
 
     def _skips_nonfinite(self) -> bool:
         return self.on_nonfinite == "skip" or bool(self.jit_compile)  # XLA drops asserts
@@ -608,9 +693,22 @@ class GradMixModel(keras.Model):
         if self.num_unlabelled:
             logs["pseudo_labels/acceptance"] = self.pseudo_label_acceptance.value
             logs["pseudo_labels/precision"] = self.pseudo_label_precision.value
-        return logs
+        return _reducible_logs(logs)
 
     # ------------------------------------------------------------ distribution
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Nothing to build from data once built and compiled (`build`, `compile`).
+
+        Under a strategy, Keras's `fit` otherwise draws the first batch from the
+        training iterator and averages it across replicas to build the model,
+        which MultiWorkerMirroredStrategy cannot do for a nested multi-stream
+        batch (and which a built model does not need).
+        """
+        optimizer = getattr(self, "optimizer", None)
+        if self.built and optimizer is not None and optimizer.built:
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def _num_replicas(self) -> int:
         return tf.distribute.get_strategy().num_replicas_in_sync
 
@@ -626,7 +724,9 @@ class GradMixModel(keras.Model):
         probabilities = self(x, training=False)
         self.test_loss.update_state(keras.losses.sparse_categorical_crossentropy(y, probabilities))
         self.test_accuracy.update_state(y, probabilities)
-        return {"loss": self.test_loss.result(), "accuracy": self.test_accuracy.result()}
+        return _reducible_logs(
+            {"loss": self.test_loss.result(), "accuracy": self.test_accuracy.result()}
+        )
 
     # ------------------------------------------------------------ serialising
     def get_config(self):
@@ -654,6 +754,7 @@ class GradMixModel(keras.Model):
             pseudo_label_confidence_weights=self.pseudo_label_confidence_weights,
             on_nonfinite=self.on_nonfinite,
             pretrain_steps=self.pretrain_steps,
+            jit_mixing_weights=self.jit_mixing_weights,
         )
         return config
 

@@ -1,0 +1,153 @@
+"""Distributed training through `tf.distribute`: the strategy, the data, who writes.
+
+`GradMixModel` runs unchanged on one device, on several devices of one host
+(`MirroredStrategy`) or on several hosts (`MultiWorkerMirroredStrategy`,
+configured by the `TF_CONFIG` environment variable): build and compile the
+model under `strategy.scope()`, pass the global batch size to the data, and
+`fit`. Inside the step every stream's gradient is all-reduced before the
+mixing weights are solved, so the weights come from the global gradients and
+are the same on every replica; the optimizer receives the local mixed
+gradients and sums them across replicas itself (docs/algorithm.md, "Scaling").
+
+    strategy = make_strategy("mirrored")
+    with strategy.scope():
+        model = build_model(config, data)
+    model.fit(data.train_dataset(global_batch_size, seed=0), ...)
+
+Only the chief worker writes the work directory (`is_chief`); the others
+write what a collective save needs into a private temporary directory
+(`worker_directory`) that is removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("none", "mirrored", "multi_worker")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+
+
+def make_strategy(name: str = "none", devices=None) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy called `name`.
+
+    Args:
+        name: "none" (the default strategy: one device), "mirrored" (every
+            GPU of this host, or every logical CPU when there is no GPU) or
+            "multi_worker" (`MultiWorkerMirroredStrategy`; the cluster comes
+            from `TF_CONFIG`). Create a multi-worker strategy before any
+            TensorFlow op runs.
+        devices: "mirrored" only: the devices to mirror on (default above).
+    """
+    if name == "none":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        if devices is None:
+            devices = [d.name for d in tf.config.list_logical_devices("GPU")]
+            devices = devices or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(list(devices))
+    if name == "multi_worker":
+        if devices is not None:
+            raise ValueError("devices applies to 'mirrored' only; workers use their local GPUs.")
+        if "TF_CONFIG" not in os.environ:
+            raise ValueError(
+                "distribute='multi_worker' needs the cluster in the TF_CONFIG environment "
+                'variable, e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
+                '"task": {"type": "worker", "index": 0}} (index: this worker\'s place).'
+            )
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    raise ValueError(f"distribute must be one of {STRATEGIES}, got {name!r}.")
+
+
+def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
+    """Whether this process writes the work directory: True unless it is a
+    multi-worker strategy's non-chief worker."""
+    strategy = strategy or tf.distribute.get_strategy()
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return True
+    task_type, task_id = resolver.task_type, resolver.task_id
+    if task_type is None:  # a local (single-worker) multi-worker strategy
+        return True
+    cluster = resolver.cluster_spec().as_dict()
+    if "chief" in cluster:
+        return task_type == "chief"
+    return task_type == "worker" and task_id == 0
+
+
+def task_id() -> int:
+    """This worker's index in `TF_CONFIG` (0 without one)."""
+    config = json.loads(os.environ.get("TF_CONFIG", "{}") or "{}")
+    return int(config.get("task", {}).get("index", 0))
+
+
+def worker_directory(directory: str) -> str:
+    """Where a non-chief worker writes what the chief writes to `directory`:
+    a fresh temporary directory (remove it with `remove_worker_directory`)."""
+    return tempfile.mkdtemp(prefix=f"worker{task_id()}_{os.path.basename(directory)}_")
+
+
+def remove_worker_directory(directory: str, written: str):
+    """Deletes `written` when it is a worker's private copy of `directory`."""
+    if os.path.abspath(written) != os.path.abspath(directory):
+        shutil.rmtree(written, ignore_errors=True)
+
+
+def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Shards across workers by element: each worker reads its part of every
+    global batch (the streams are generated in memory, not read from files)."""
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return dataset.with_options(options)
+
+
+def check_precision(precision: str) -> str:
+    """`precision` if it is a Keras dtype policy this project trains with."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {precision!r}.")
+    return precision
+
+
+@contextlib.contextmanager
+def precision_policy(precision: str = "float32"):
+    """Builds the layers made inside it with the Keras dtype policy `precision`.
+
+    "mixed_float16" and "mixed_bfloat16" compute in half precision and keep
+    the variables in float32; with "mixed_float16" `compile` wraps the
+    optimizer in a `LossScaleOptimizer` and `GradMixModel` scales each
+    stream's loss and unscales its gradient (float32) before the mixing
+    weights are solved. The previous global policy is restored on exit.
+    """
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(check_precision(precision))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def jit_compile_option(value) -> bool | str:
+    """`compile(jit_compile=...)` from the config's `train.jit_compile`.
+
+    "auto" lets Keras decide (XLA on a GPU or TPU, never under a multi-device
+    strategy); "on" compiles the whole step with XLA, which needs one device
+    (Keras 3 does not compile a step under `tf.distribute`); "off" never.
+    """
+    options = {"auto": "auto", "on": True, "off": False, True: True, False: False}
+    if value not in options:
+        raise ValueError(f"train.jit_compile must be 'auto', 'on' or 'off', got {value!r}.")
+    value = options[value]
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if value is True and replicas > 1:
+        raise ValueError(
+            f"train.jit_compile='on' compiles the whole step with XLA, which Keras 3 cannot do "
+            f"under tf.distribute ({replicas} replicas): use 'auto' or 'off' (the mixing-weight "
+            "solve alone is still compiled with gradmix.jit_mixing_weights=True)."
+        )
+    return value

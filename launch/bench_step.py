@@ -1,0 +1,257 @@
+r"""Times one GradMix training step against joint training, side by side.
+
+    python -m launch.bench_step --config=configs/digits.py
+    python -m launch.bench_step --config=configs/digits.py --num_sources=2 --jit_step
+    python -m launch.bench_step --config=configs/digits.py --config.model.filters=64,128,256
+
+What is compared, in one process, on the same network (the config's trunk,
+a target head and one head a source label space), the same optimizer and the
+same batches (the config's task; source k reads the task's source k mod K0,
+so any number of sources K can be timed; every stream has
+`train.batch_size` examples, no pseudo-labelled stream):
+
+- `gradmix`: `GradMixModel.train_step` with the config's GradMix options:
+  one forward/backward pass a stream (K sources and the labelled target),
+  the layer-wise mixing weights, the mixed gradient, the adaptive learning
+  rate, one optimizer step.
+- `joint`: what a user writes for joint training: ONE forward/backward pass
+  on the concatenated batch of all K + 1 streams (each stream's examples
+  through its own head, the sum of the streams' mean losses), one optimizer
+  step. This is the reference of the step-time ratio.
+- `uniform`: the project's own joint-training path, `GradMixModel` with
+  `mixing="uniform"` and no adaptive learning rate (`--config.method=joint`):
+  one pass a stream, every weight 1.
+
+Each step is one traced `tf.function` (`--jit_step` compiles it with XLA).
+After `--warmup` steps of each method, `--repeats` rounds each time
+`--steps` steps of every method in turn (the order rotates every round); the
+table gives the median over rounds of the time a step, the examples a second
+((K + 1) * batch size a step) and the peak memory the step adds to what was
+allocated before it (TensorFlow's CPU allocator statistics; on a GPU the
+device's), the largest over rounds. The last line is the GradMix / joint
+step-time ratio at K = 2 (or the first K timed).
+"""
+
+from __future__ import annotations
+
+import os
+
+# The CPU allocator keeps the peak-memory statistics only when it is a BFC allocator.
+os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
+
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from gradmix_tf import experiment  # noqa: E402
+from gradmix_tf.training.gradmix_model import GradMixModel  # noqa: E402
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
+_NUM_SOURCES = flags.DEFINE_list("num_sources", ["1", "2", "4", "8"], "The values of K to time.")
+_REPEATS = flags.DEFINE_integer("repeats", 7, "Interleaved rounds; the table gives medians.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Steps of each method in a round.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps of each method first (tracing).")
+_JIT_STEP = flags.DEFINE_bool("jit_step", False, "Compile each whole step with XLA.")
+_INTER_OP_THREADS = flags.DEFINE_integer(
+    "inter_op_threads",
+    0,
+    "TensorFlow's inter-op threads (0: its default). 1 runs independent ops one after "
+    "another: GradMix's per-stream passes then no longer overlap on a multi-core CPU.",
+)
+flags.mark_flags_as_required(["config"])
+
+METHODS = ("gradmix", "joint", "uniform")
+
+
+def make_batches(config, data, num_sources: int, count: int) -> list[dict]:
+    """`count` batches of K sources and the labelled target, as tensors."""
+    dataset = data.train_dataset(
+        config.train.batch_size, seed=config.seed, max_shift=config.data.max_shift
+    )
+    batches = []
+    for element in dataset.take(count):
+        sources = element["sources"]
+        batches.append(
+            {
+                "sources": tuple(sources[k % len(sources)] for k in range(num_sources)),
+                "target": element["target"],
+            }
+        )
+    return batches
+
+
+def make_model(config, data, num_sources: int, **overrides) -> GradMixModel:
+    """The config's GradMixModel for K sources (no pseudo-labelled stream), compiled."""
+    model_config = dict(config.model)
+    trunk = experiment.TRUNKS[model_config.pop("trunk")](**model_config)
+    mix = config.gradmix
+    total = mix.weight_total
+    options = {
+        "mixing": mix.mixing,
+        "weight_solver": mix.weight_solver,
+        "alignment": mix.alignment,
+        "granularity": mix.granularity,
+        "normalization": mix.normalization,
+        "weight_total": total if total == "num_streams" else float(total),
+        "target_weight": mix.target_weight,
+        "adaptive_learning_rate": mix.adaptive_learning_rate,
+        "share_target_head": mix.share_target_head,
+        **overrides,
+    }
+    classes = [data.sources[k % len(data.sources)].class_names for k in range(num_sources)]
+    model = GradMixModel(trunk, data.target_class_names, classes, **options)
+    model.build((None, *data.image_shape))
+    model.compile(optimizer=experiment.build_optimizer(config))
+    return model
+
+
+def joint_step_function(model: GradMixModel):
+    """Joint training as a user writes it: one pass on the concatenated batch."""
+    optimizer = model.optimizer
+    variables = model.trainable_variables
+    heads = list(model._stream_head) + [0]  # the K sources, then the target
+
+    def step(data):
+        pairs = list(data["sources"]) + [data["target"]]
+        sizes = [tf.shape(x)[0] for x, _ in pairs]
+        with tf.GradientTape() as tape:
+            features = model.trunk(tf.concat([x for x, _ in pairs], axis=0), training=True)
+            loss = 0.0
+            for part, (_, y), head in zip(tf.split(features, sizes), pairs, heads):
+                logits = keras.ops.cast(model.heads[head](part, training=True), "float32")
+                loss += tf.reduce_mean(
+                    keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
+                )
+        grads = tape.gradient(loss, variables)
+        optimizer.apply([tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)])
+        return {"loss": loss}
+
+    return step
+
+
+def _device() -> str:
+    return "GPU:0" if tf.config.list_logical_devices("GPU") else "CPU:0"
+
+
+def _memory(device: str, reset: bool = False) -> dict | None:
+    try:
+        if reset:
+            tf.config.experimental.reset_memory_stats(device)
+        return tf.config.experimental.get_memory_info(device)
+    except ValueError:  # no allocator statistics (CPU without the BFC allocator)
+        return None
+
+
+def time_round(step, batches, steps: int, device: str) -> tuple[float, float | None]:
+    """(seconds a step, peak MiB added by the steps) over `steps` steps."""
+    before = _memory(device, reset=True)
+    started = time.perf_counter()
+    for i in range(steps):
+        logs = step(batches[i % len(batches)])
+    float(logs["loss"])  # waits for the last step
+    seconds = (time.perf_counter() - started) / steps
+    after = _memory(device)
+    peak = None if before is None else (after["peak"] - before["current"]) / 2**20
+    return seconds, peak
+
+
+def gradient_mib(model: GradMixModel) -> float:
+    """The size of one gradient copy of the target's path, MiB."""
+    return sum(int(np.prod(v.shape)) * 4 for v in model._path_variables) / 2**20
+
+
+def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, jit: bool):
+    """{method: (ms a step, examples a second, peak MiB)} for K = num_sources."""
+    data = experiment.build_data(config)
+    batches = make_batches(config, data, num_sources, count=max(steps, 4))
+    keras.utils.set_random_seed(config.seed)
+    models = {
+        "gradmix": make_model(config, data, num_sources),
+        "joint": make_model(
+            config, data, num_sources, mixing="uniform", adaptive_learning_rate=False
+        ),
+        "uniform": make_model(
+            config, data, num_sources, mixing="uniform", adaptive_learning_rate=False
+        ),
+    }
+    for model in models.values():  # the same initial weights
+        model.set_weights(models["gradmix"].get_weights())
+    functions = {
+        "gradmix": models["gradmix"].train_step,
+        "joint": joint_step_function(models["joint"]),
+        "uniform": models["uniform"].train_step,
+    }
+    step_functions = {m: tf.function(f, jit_compile=jit) for m, f in functions.items()}
+    device = _device()
+    for step in step_functions.values():
+        time_round(step, batches, warmup, device)
+    times = {m: [] for m in METHODS}
+    peaks = {m: [] for m in METHODS}
+    for r in range(repeats):
+        order = METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]
+        for method in order:
+            seconds, peak = time_round(step_functions[method], batches, steps, device)
+            times[method].append(seconds)
+            peaks[method].append(peak)
+    examples = (num_sources + 1) * config.train.batch_size
+    table = {}
+    for method in METHODS:
+        seconds = statistics.median(times[method])
+        peak = None if peaks[method][0] is None else max(peaks[method])
+        table[method] = (1000.0 * seconds, examples / seconds, peak)
+    return table, gradient_mib(models["gradmix"])
+
+
+def format_row(num_sources, method, row, reference_ms) -> str:
+    ms, per_second, peak = row
+    peak_text = "n/a" if peak is None else f"{peak:8.1f}"
+    return (
+        f"| {num_sources:2d} | {method:8s} | {ms:8.1f} | {per_second:8.0f} | {peak_text:>8s} "
+        f"| {ms / reference_ms:5.2f} |"
+    )
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _INTER_OP_THREADS.value:
+        tf.config.threading.set_inter_op_parallelism_threads(_INTER_OP_THREADS.value)
+    config = experiment.resolve_config(_CONFIG.value)
+    try:
+        counts = [int(k) for k in _NUM_SOURCES.value]
+    except ValueError:
+        counts = [0]
+    if not counts or min(counts) < 1:
+        raise app.UsageError(f"--num_sources must be positive integers, got {_NUM_SOURCES.value}.")
+    if min(_REPEATS.value, _STEPS.value) < 1 or _WARMUP.value < 1:
+        raise app.UsageError("--repeats, --steps and --warmup must be at least 1.")
+    print(
+        f"bench_step: {config.model.trunk} {dict(config.model)}, batch {config.train.batch_size} "
+        f"a stream, optimizer {config.optimizer.name}, XLA step {_JIT_STEP.value}, "
+        f"inter-op threads {_INTER_OP_THREADS.value or 'default'}, "
+        f"TF {tf.__version__}, Keras {keras.__version__}, device {_device()}; "
+        f"{_REPEATS.value} rounds x {_STEPS.value} steps, medians."
+    )
+    print("|  K | method   | ms/step  | ex/s     | peak MiB | ratio |")
+    print("|---:|----------|---------:|---------:|---------:|------:|")
+    ratios = {}
+    for num_sources in counts:
+        table, grad_mib = benchmark(
+            config, num_sources, _REPEATS.value, _STEPS.value, _WARMUP.value, _JIT_STEP.value
+        )
+        reference = table["joint"][0]
+        for method in METHODS:
+            print(format_row(num_sources, method, table[method], reference), flush=True)
+        ratios[num_sources] = table["gradmix"][0] / reference
+    print(f"one gradient copy of the target's path: {grad_mib:.2f} MiB")
+    k = 2 if 2 in ratios else counts[0]
+    print(f"gradmix/joint step-time ratio (K={k}): {ratios[k]:.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)

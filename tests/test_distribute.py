@@ -1,0 +1,184 @@
+"""Distributed GradMix: one replica and two replicas train the same model.
+
+Two replicas are a MirroredStrategy on one CPU split into two logical devices,
+which must be configured before TensorFlow runs any op: those runs happen in
+a fresh Python process (`_run_in_subprocess`). The in-process tests cover the
+strategy factory, the chief and the options.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_gradmix_model import OTHER_CLASSES, TARGET_CLASSES, make_model, random_batch
+
+from gradmix_tf import distribute
+
+SOURCES = (TARGET_CLASSES, OTHER_CLASSES)  # one source on h_T, one with a head of its own
+NUM_UNLABELLED = 16
+GLOBAL_BATCH = 8
+STEPS = 4
+
+
+def _dataset() -> tf.data.Dataset:
+    """STEPS global batches of GLOBAL_BATCH examples a stream, in a fixed order."""
+    batches = [
+        random_batch(SOURCES, seed=i, count=GLOBAL_BATCH, num_unlabelled=NUM_UNLABELLED)
+        for i in range(STEPS)
+    ]
+    stacked = tf.nest.map_structure(lambda *parts: tf.stack(parts), *batches)
+    return tf.data.Dataset.from_tensor_slices(stacked).unbatch().batch(GLOBAL_BATCH)
+
+
+class _RecordMixingWeights(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.weights = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.weights.append(self.model.mixing_weights.numpy())
+
+
+def fit_under(strategy, mixing: str) -> dict:
+    """Trains STEPS steps under `strategy`; returns the mixing weights of every
+    step and every trainable variable (each replica's copy must agree)."""
+    options = {"mixing": mixing, "adaptive_learning_rate": mixing == "gradmix"}
+    with strategy.scope():
+        model = make_model(
+            SOURCES,
+            optimizer=keras.optimizers.Adam(1e-2),
+            num_unlabelled=NUM_UNLABELLED,
+            **options,
+        )
+    # Pseudo-labels for half of T_u (the others weigh 0), as a refresh leaves them.
+    rng = np.random.default_rng(0)
+    model.pseudo_labels.assign(rng.integers(0, len(TARGET_CLASSES), NUM_UNLABELLED))
+    model.pseudo_label_weights.assign(np.where(np.arange(NUM_UNLABELLED) % 2, 0.0, 0.9))
+    record = _RecordMixingWeights()
+    model.fit(_dataset(), epochs=1, verbose=0, shuffle=False, callbacks=[record])
+    variables = {}
+    for variable in model.trainable_variables:
+        value = variable.value
+        copies = [v.numpy() for v in getattr(value, "values", [value])]
+        for copy in copies[1:]:
+            np.testing.assert_array_equal(copy, copies[0], err_msg=variable.path)
+        variables[variable.path] = copies[0]
+    return {
+        "mixing_weights": np.stack(record.weights),
+        "variables": variables,
+        "replicas": strategy.num_replicas_in_sync,
+        "steps": int(model.optimizer.iterations.numpy()),
+    }
+
+
+def _run_in_subprocess(script: str, timeout: int = 120) -> str:
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
+    result = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+_ONE_VS_TWO = textwrap.dedent(
+    """
+    import numpy as np
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import test_distribute
+    from gradmix_tf import distribute
+
+    for mixing in MIXINGS:
+        one = test_distribute.fit_under(tf.distribute.get_strategy(), mixing)
+        two = test_distribute.fit_under(distribute.make_strategy("mirrored"), mixing)
+        assert (one["replicas"], two["replicas"]) == (1, 2), (one["replicas"], two["replicas"])
+        assert one["steps"] == two["steps"] == test_distribute.STEPS
+        assert one["mixing_weights"].shape == (test_distribute.STEPS, 3, 3)
+        if mixing == "gradmix":  # GradMix weights something else than 1 and 0
+            assert 0.05 < one["mixing_weights"].std(), one["mixing_weights"]
+        np.testing.assert_allclose(two["mixing_weights"], one["mixing_weights"], atol=1e-5)
+        assert one["variables"].keys() == two["variables"].keys()
+        for path, value in one["variables"].items():
+            np.testing.assert_allclose(two["variables"][path], value, atol=1e-5, err_msg=path)
+        moved = max(np.abs(v - w).max() for v, w in zip(one["variables"].values(),
+                    test_distribute.initial_variables().values()))
+        assert moved > 1e-3, moved  # training changed the weights
+        print(mixing, "OK", float(one["mixing_weights"].std()), float(moved))
+    """
+)
+
+
+def initial_variables() -> dict:
+    model = make_model(SOURCES, num_unlabelled=NUM_UNLABELLED)
+    return {v.path: v.numpy() for v in model.trainable_variables}
+
+
+@pytest.mark.slow  # a fresh process (TensorFlow import + four short fits): ~15 s
+def test_one_and_two_replicas_train_the_same_model():
+    """Same global batch and seed: the same mixing weights at every step and the
+    same variables after 4 steps, for GradMix and for joint training (uniform)."""
+    stdout = _run_in_subprocess(_ONE_VS_TWO.replace("MIXINGS", '("gradmix", "uniform")'))
+    assert "gradmix OK" in stdout and "uniform OK" in stdout, stdout
+
+
+@pytest.mark.slow
+def test_one_and_two_replicas_train_the_same_model_with_pcgrad():
+    """PCGrad, run on the Gram matrix of the global gradients, gives the same
+    answer on two replicas (example reweighting is one-device only)."""
+    stdout = _run_in_subprocess(_ONE_VS_TWO.replace("MIXINGS", '("pcgrad",)'), timeout=240)
+    assert "pcgrad OK" in stdout, stdout
+
+
+# ----------------------------------------------------------------- in-process
+def test_make_strategy():
+    assert distribute.make_strategy("none") is tf.distribute.get_strategy()
+    mirrored = distribute.make_strategy("mirrored", devices=["/cpu:0"])
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert mirrored.num_replicas_in_sync == 1
+    assert distribute.is_chief(mirrored) and distribute.is_chief()
+    with pytest.raises(ValueError, match="distribute must be one of"):
+        distribute.make_strategy("horovod")
+
+
+def test_multi_worker_needs_tf_config(monkeypatch):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match="TF_CONFIG"):
+        distribute.make_strategy("multi_worker")
+
+
+def test_jit_compile_option():
+    assert distribute.jit_compile_option("auto") == "auto"
+    assert distribute.jit_compile_option("on") is True
+    assert distribute.jit_compile_option("off") is False
+    with pytest.raises(ValueError, match="'auto', 'on' or 'off'"):
+        distribute.jit_compile_option("yes")
+
+
+def test_precision_policy_is_scoped():
+    with distribute.precision_policy("mixed_bfloat16"):
+        layer = keras.layers.Dense(2)
+    assert layer.dtype_policy.name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"
+    with pytest.raises(ValueError, match="train.precision must be one of"):
+        with distribute.precision_policy("float8"):
+            pass
+
+
+def test_worker_directory_is_private_and_removed(tmp_path):
+    workdir = str(tmp_path / "run")
+    private = distribute.worker_directory(workdir)
+    assert os.path.isdir(private) and not private.startswith(workdir)
+    distribute.remove_worker_directory(workdir, private)
+    assert not os.path.exists(private)
+    os.makedirs(workdir)
+    distribute.remove_worker_directory(workdir, workdir)  # never the chief's
+    assert os.path.isdir(workdir)
