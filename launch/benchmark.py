@@ -18,6 +18,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gradmix_tf import benchmark, experiment
+from launch.errors import user_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
 _METHODS = flags.DEFINE_list(
@@ -41,7 +42,8 @@ def main(argv):
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
     if "benchmark" in config:
         del config["benchmark"]
-    benchmark.run_benchmark(config, methods, list(range(seeds)), _OUT.value)
+    with user_errors():
+        benchmark.run_benchmark(config, methods, list(range(seeds)), _OUT.value)
     print(open(f"{_OUT.value}/summary.md").read())
     print(f"results: {_OUT.value}/results.csv, plots: {_OUT.value}/summary.png")
 

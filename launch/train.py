@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gradmix_tf import distribute, experiment
+from launch.errors import user_errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string(
@@ -40,7 +41,8 @@ def main(argv):
     config = _CONFIG.value
     if _DISTRIBUTE.value is not None:
         config.train.distribute = _DISTRIBUTE.value
-    results = experiment.train_and_evaluate(config, _WORKDIR.value)
+    with user_errors():
+        results = experiment.train_and_evaluate(config, _WORKDIR.value)
     print(json.dumps(results, indent=2))
 
 
