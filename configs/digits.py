@@ -13,7 +13,7 @@ with no network and no data directory.
 Expected cost and results (docs/RESULTS.md): about 2 minutes on 2 CPU cores; target test
 accuracy 0.54 +- 0.07 over 5 seeds with 10 labels a class (target-only 0.57, oracle 0.90): at
 this budget GradMix does not beat the baselines (docs/RESULTS.md says why).
- shrinks everything to a run of well under a minute, to check wiring.
+`:smoke` shrinks everything to a run of well under a minute, to check wiring.
 """
 
 import ml_collections
