@@ -160,7 +160,6 @@ def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> Gra
         optimizer=build_optimizer(config),
         jit_compile=distribute.jit_compile_option(config.train.get("jit_compile", "auto")),
     )
-    model.optimizer.build(model.trainable_variables)
     return model
 
 

@@ -132,3 +132,23 @@ class ManualBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     @abc.abstractmethod
     def _generate_examples(self, split: str, files: tuple[str, ...]):
         """Yields `(key, example)` pairs of a split from its files."""
+
+
+DIGIT_CLASS_NAMES = [str(d) for d in range(10)]
+
+GANIN_2015_CITATION = (
+    "@inproceedings{ganin2015unsupervised, title={Unsupervised Domain Adaptation by "
+    "Backpropagation}, author={Ganin, Yaroslav and Lempitsky, Victor}, "
+    "booktitle={ICML}, year={2015}}"
+)
+
+
+def digit_image_features() -> tfds.features.FeaturesDict:
+    """32x32 RGB digit images, labels 0-9 and a text id (MNIST-M, Syn Digits)."""
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(32, 32, 3)),
+            "label": tfds.features.ClassLabel(names=DIGIT_CLASS_NAMES),
+            "id": tfds.features.Text(),
+        }
+    )

@@ -7,9 +7,12 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gradmix_tf.datasets.manual_builder import ManualBuilder, ManualFilesError
-
-_CLASS_NAMES = [str(d) for d in range(10)]
+from gradmix_tf.datasets.manual_builder import (
+    GANIN_2015_CITATION,
+    ManualBuilder,
+    ManualFilesError,
+    digit_image_features,
+)
 
 
 def read_labels_file(path: str) -> list[tuple[str, int]]:
@@ -53,20 +56,10 @@ class MnistM(ManualBuilder):
                 "MNIST-M: MNIST digits blended with random patches of BSDS500 colour photos "
                 "(|patch - digit|), 32x32 RGB, digits 0-9. The id is the PNG file name."
             ),
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(32, 32, 3)),
-                    "label": tfds.features.ClassLabel(names=_CLASS_NAMES),
-                    "id": tfds.features.Text(),
-                }
-            ),
+            features=digit_image_features(),
             supervised_keys=("image", "label"),
             homepage="http://yaroslav.ganin.net/",
-            citation=(
-                "@inproceedings{ganin2015unsupervised, title={Unsupervised Domain Adaptation by "
-                "Backpropagation}, author={Ganin, Yaroslav and Lempitsky, Victor}, "
-                "booktitle={ICML}, year={2015}}"
-            ),
+            citation=GANIN_2015_CITATION,
         )
 
     def _generate_examples(self, split, files):

@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import tensorflow_datasets as tfds
 
-from gradmix_tf.datasets.manual_builder import ManualBuilder
-
-_CLASS_NAMES = [str(d) for d in range(10)]
+from gradmix_tf.datasets.manual_builder import (
+    GANIN_2015_CITATION,
+    ManualBuilder,
+    digit_image_features,
+)
 
 
 def read_syn_digits_mat(path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -57,20 +59,10 @@ class SynDigits(ManualBuilder):
                 "position, orientation, colour and blur (SVHN-like), digits 0-9. "
                 "The id is '<split>_<index>'."
             ),
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(32, 32, 3)),
-                    "label": tfds.features.ClassLabel(names=_CLASS_NAMES),
-                    "id": tfds.features.Text(),
-                }
-            ),
+            features=digit_image_features(),
             supervised_keys=("image", "label"),
             homepage="http://yaroslav.ganin.net/",
-            citation=(
-                "@inproceedings{ganin2015unsupervised, title={Unsupervised Domain Adaptation by "
-                "Backpropagation}, author={Ganin, Yaroslav and Lempitsky, Victor}, "
-                "booktitle={ICML}, year={2015}}"
-            ),
+            citation=GANIN_2015_CITATION,
         )
 
     def _generate_examples(self, split, files):
