@@ -151,3 +151,61 @@ def jit_compile_option(value) -> bool | str:
             "solve alone is still compiled with gradmix.jit_mixing_weights=True)."
         )
     return value
+
+
+# --- Inside a replica's step -------------------------------------------------------------
+def num_replicas() -> int:
+    """The replicas training in sync under the current strategy (1 without one)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def all_reduce_sum(tensors) -> list:
+    """The sums of `tensors` over every replica (the tensors themselves on one)."""
+    if num_replicas() == 1:
+        return list(tensors)
+    context = tf.distribute.get_replica_context()
+    return context.all_reduce(tf.distribute.ReduceOp.SUM, list(tensors))
+
+
+def reducible_logs(logs: dict) -> dict:
+    """A step's `logs` as Keras can average them across workers.
+
+    Under MultiWorkerMirroredStrategy, Keras 3 averages each log of a step
+    over its axis 0 (`reduce_per_replica`), which fails on scalars
+    (tensorflow/tensorflow#72388): there every log gets a leading axis of 1,
+    which the average removes again.
+    """
+    if not isinstance(tf.distribute.get_strategy(), tf.distribute.MultiWorkerMirroredStrategy):
+        return logs
+    return {name: tf.reshape(value, [1]) for name, value in logs.items()}
+
+
+def replica_cond(predicate, true_fn, false_fn, true_args=(), false_args=()):
+    """`true_fn(*true_args)` if `predicate` else `false_fn(*false_args)`, from inside a replica.
+
+    `predicate` and `true_args` must be the same on every replica (all-reduced);
+    `false_fn` (e.g. an optimizer step) runs on every replica with its own
+    `false_args`. Under a strategy that synchronises replicas with
+    `merge_call` (MirroredStrategy), a `tf.cond` around an optimizer step must
+    run in cross-replica context, with `false_fn` called for each replica, as
+    Keras's `LossScaleOptimizer` does; elsewhere it is a plain `tf.cond`.
+    """
+    if not tf.distribute.has_strategy() or (
+        tf.__internal__.distribute.strategy_supports_no_merge_call()
+    ):
+        tf.cond(predicate, lambda: true_fn(*true_args), lambda: false_fn(*false_args))
+        return
+
+    def cross_replica(strategy, predicate, true_args, false_args):
+        local = strategy.experimental_local_results  # the same on every replica: take the first
+        predicate = local(predicate)[0]
+        true_args = [local(arg)[0] for arg in true_args]
+
+        def each_replica():
+            strategy.extended.call_for_each_replica(false_fn, false_args)
+
+        tf.cond(predicate, lambda: true_fn(*true_args), each_replica)
+
+    tf.distribute.get_replica_context().merge_call(
+        cross_replica, args=(predicate, tuple(true_args), tuple(false_args))
+    )

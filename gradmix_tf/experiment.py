@@ -51,6 +51,7 @@ from gradmix_tf.export.saved_model import export_target_model
 from gradmix_tf.networks import trunks
 from gradmix_tf.training.checks import check_model_matches_data
 from gradmix_tf.training.gradmix_model import GradMixModel
+from gradmix_tf.training.options import GradMixOptions
 from gradmix_tf.video import trunks as video_trunks
 
 # Each method is GradMix's trainer with some fields fixed (same data, network,
@@ -126,33 +127,14 @@ def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> Gra
     """The GradMixModel of a config, built and compiled (in the current strategy scope)."""
     model_config = dict(config.model)
     trunk = TRUNKS[model_config.pop("trunk")](**model_config)
-    mix = config.gradmix
-    weight_total = mix.weight_total
     unlabelled = data.target.unlabelled
     model = GradMixModel(
         trunk,
         data.target_class_names,
         [s.class_names for s in data.sources],
         [s.name for s in data.sources],
-        share_target_head=mix.share_target_head,
-        mixing=mix.mixing,
-        weight_solver=mix.weight_solver,
-        alignment=mix.alignment,
-        granularity=mix.granularity,
-        normalization=mix.normalization,
-        weight_total=weight_total if weight_total == "num_streams" else float(weight_total),
-        target_weight=mix.target_weight,
-        lookahead_init=mix.lookahead_init,
-        lookahead_step_size=mix.lookahead_step_size or None,
-        adaptive_learning_rate=mix.adaptive_learning_rate,
-        rho_decay=mix.rho_decay,
-        r_min=mix.r_min,
-        r_max=mix.r_max,
         num_unlabelled=unlabelled.size if config.pseudo_labels.enabled and unlabelled else 0,
-        pseudo_label_confidence_weights=config.pseudo_labels.confidence_weights,
-        on_nonfinite=config.train.on_nonfinite,
-        pretrain_steps=int(mix.get("pretrain_fraction", 0.5) * config.train.steps),
-        jit_mixing_weights=mix.get("jit_mixing_weights", False),
+        options=GradMixOptions.from_config(config),
     )
     model.build((None, *data.image_shape))
     check_model_matches_data(model, data)

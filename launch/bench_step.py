@@ -39,17 +39,20 @@ import os
 # The CPU allocator keeps the peak-memory statistics only when it is a BFC allocator.
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
+import dataclasses  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
 import keras  # noqa: E402
+import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from gradmix_tf import experiment  # noqa: E402
-from gradmix_tf.training.gradmix_model import GradMixModel  # noqa: E402
+from gradmix_tf.data.streams import MultiStreamData  # noqa: E402
+from gradmix_tf.training.gradmix_model import GradMixModel, cross_entropy  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
 _NUM_SOURCES = flags.DEFINE_list("num_sources", ["1", "2", "4", "8"], "The values of K to time.")
@@ -86,35 +89,24 @@ def make_batches(config, data, num_sources: int, count: int) -> list[dict]:
 
 
 def make_model(config, data, num_sources: int, **overrides) -> GradMixModel:
-    """The config's GradMixModel for K sources (no pseudo-labelled stream), compiled."""
-    model_config = dict(config.model)
-    trunk = experiment.TRUNKS[model_config.pop("trunk")](**model_config)
-    mix = config.gradmix
-    total = mix.weight_total
-    options = {
-        "mixing": mix.mixing,
-        "weight_solver": mix.weight_solver,
-        "alignment": mix.alignment,
-        "granularity": mix.granularity,
-        "normalization": mix.normalization,
-        "weight_total": total if total == "num_streams" else float(total),
-        "target_weight": mix.target_weight,
-        "adaptive_learning_rate": mix.adaptive_learning_rate,
-        "share_target_head": mix.share_target_head,
-        **overrides,
-    }
-    classes = [data.sources[k % len(data.sources)].class_names for k in range(num_sources)]
-    model = GradMixModel(trunk, data.target_class_names, classes, **options)
-    model.build((None, *data.image_shape))
-    model.compile(optimizer=experiment.build_optimizer(config))
-    return model
+    """The config's GradMixModel (`experiment.build_model`) for K sources, no
+    pseudo-labelled stream, compiled; `overrides` replace `config.gradmix` fields."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.pseudo_labels.enabled = False
+    for field, value in overrides.items():
+        config.gradmix[field] = value
+    sources = [
+        dataclasses.replace(data.sources[k % len(data.sources)], name=f"source_{k + 1}")
+        for k in range(num_sources)
+    ]
+    return experiment.build_model(config, MultiStreamData(sources, data.target))
 
 
 def joint_step_function(model: GradMixModel):
     """Joint training as a user writes it: one pass on the concatenated batch."""
     optimizer = model.optimizer
     variables = model.trainable_variables
-    heads = list(model._stream_head) + [0]  # the K sources, then the target
+    heads = list(model.stream_heads) + [0]  # the K sources, then the target
 
     def step(data):
         pairs = list(data["sources"]) + [data["target"]]
@@ -123,10 +115,8 @@ def joint_step_function(model: GradMixModel):
             features = model.trunk(tf.concat([x for x, _ in pairs], axis=0), training=True)
             loss = 0.0
             for part, (_, y), head in zip(tf.split(features, sizes), pairs, heads):
-                logits = keras.ops.cast(model.heads[head](part, training=True), "float32")
-                loss += tf.reduce_mean(
-                    keras.losses.sparse_categorical_crossentropy(y, logits, from_logits=True)
-                )
+                logits = model.heads[head](part, training=True)
+                loss += tf.reduce_mean(cross_entropy(y, logits))
         grads = tape.gradient(loss, variables)
         optimizer.apply([tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)])
         return {"loss": loss}
@@ -162,7 +152,7 @@ def time_round(step, batches, steps: int, device: str) -> tuple[float, float | N
 
 def gradient_mib(model: GradMixModel) -> float:
     """The size of one gradient copy of the target's path, MiB."""
-    return sum(int(np.prod(v.shape)) * 4 for v in model._path_variables) / 2**20
+    return sum(int(np.prod(v.shape)) * 4 for v in model.path_variables) / 2**20
 
 
 def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, jit: bool):

@@ -72,17 +72,18 @@ class ExampleWeightsTest(tf.test.TestCase):
         sources = (TARGET_CLASSES, OTHER_CLASSES)
         model = make_model(sources, mixing="example_reweighting")
         batch = random_batch(sources, count=3)
-        streams = [(x, y, None) for x, y in batch["sources"]]
-        reweighted, totals = model._reweighted_streams(streams, *batch["target"])
+        streams, target = model._stream_batches(batch)
+        reweighted = model.rule.prepare_streams(model, streams, target)
+        totals = [s.stream_weight for s in reweighted]
 
         target_x, target_y = batch["target"]
-        variables = model._path_variables
+        variables = model.path_variables
         with tf.GradientTape() as tape:
             logits = model.heads[0](model.trunk(target_x))
             target_loss = tf.reduce_mean(cross_entropy(logits, target_y))
         target_grads = tape.gradient(target_loss, variables)
         expected = []
-        for (x, y, _), head in zip(streams, model._stream_head):
+        for x, y, head in ((s.x, s.labels, s.head) for s in streams):
             per_stream = []
             for i in range(x.shape[0]):
                 with tf.GradientTape() as tape:
@@ -100,8 +101,9 @@ class ExampleWeightsTest(tf.test.TestCase):
         total = sum(e.sum() for e in expected)
         self.assertGreater(total, 0.0)
         self.assertAllClose(totals, [e.sum() / total for e in expected], rtol=1e-4, atol=1e-6)
-        for (_, _, (weights, accepted)), e in zip(reweighted, expected):
-            self.assertIsNone(accepted)
+        for stream, e in zip(reweighted, expected):
+            weights = stream.example_weights
+            self.assertIsNone(stream.accepted)
             self.assertAllClose(weights, e / e.sum() if e.sum() else e, rtol=1e-4, atol=1e-6)
 
 

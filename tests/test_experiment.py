@@ -134,7 +134,7 @@ class BuildTest(tf.test.TestCase):
         config = experiment.resolve_config(smoke_config("joint"))
         data = experiment.build_data(config)
         model = experiment.build_model(config, data)
-        self.assertEqual(model.mixing, "uniform")
+        self.assertEqual(model.options.mixing, "uniform")
         self.assertEqual(model.stream_names, digits.SOURCE_STREAMS)
         self.assertEqual(model.num_unlabelled, 0)
 

@@ -353,7 +353,10 @@ class PseudoLabelTest(tf.test.TestCase, parameterized.TestCase):
         ids = tf.constant([3, 1, 0, 5], tf.int32)
         x = images(np.random.default_rng(4))
 
-        _, stored, (example_weights, accepted) = model._pseudo_labelled_batch(x, ids)
+        batch = model._stream_batches({"sources": (), "target": (x, ids), "unlabelled": (x, ids)})
+        pseudo_labelled = batch[0][0]
+        stored, example_weights = pseudo_labelled.labels, pseudo_labelled.example_weights
+        accepted = pseudo_labelled.accepted
         self.assertAllEqual(stored, [1, 0, 2, 2])
         self.assertAllEqual(accepted, [1.0, 0.0, 1.0, 1.0])
         expected_weights = [1.0, 0.0, 0.9, 0.6] if confidence_weights else [1.0, 0.0, 1.0, 1.0]

@@ -73,8 +73,10 @@ class MixedPrecisionTest(tf.test.TestCase, parameterized.TestCase):
 
     def test_a_nan_loss_still_stops(self):
         model = model_under("mixed_float16", on_nonfinite="stop")
+        # A NaN in the target head makes the loss NaN whatever the CPU's half-precision
+        # ReLU does with a NaN input (some give 0, and the loss stays finite).
+        bias = model.heads[0].bias
+        bias.assign(np.full(bias.shape, np.nan, np.float32))
         data = random_batch(SOURCES)
-        x, y = data["target"]
-        data["target"] = (tf.tensor_scatter_nd_update(x, [[0, 1, 1, 0]], [np.nan]), y)
-        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "stream\\(s\\) target"):
+        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, "stream\\(s\\) .*target"):
             tf.function(model.train_step)(data)

@@ -218,7 +218,7 @@ class OptionsTest(NumericsTestCase):
         model = nonfinite_model("skip")
         self.assertEqual(model.get_config()["on_nonfinite"], "skip")
         clone = GradMixModel.from_config(model.get_config())
-        self.assertEqual(clone.on_nonfinite, "skip")
+        self.assertEqual(clone.options.on_nonfinite, "skip")
         self.assertIn("gradmix/nonfinite_skipped", [v.path for v in model.non_trainable_weights])
 
     @parameterized.parameters("compile_then_build", "build_then_compile")

@@ -1,0 +1,123 @@
+"""The interface of a mixing rule (step 4 of the algorithm), and the rule registry.
+
+A mixing rule decides, at every step, how much of each stream's gradient goes
+into the mixed gradient (docs/algorithm.md, "Mixing rules"). `GradMixModel`
+makes its rule once from its options (`make_rule`) and calls it twice per
+step:
+
+1. `prepare_streams(model, streams, target)`: optional; may reweight the
+   examples of the stream batches before their gradients are taken (example
+   reweighting does);
+2. `mix(model, streams, target, stream_grads, target_grads)`: the `Mix` of
+   the step: the weights w [S, L] of the streams on the target's path and
+   lambda_T, from the global (all-reduced) gradients.
+
+The maths of a rule lives in `gradmix_tf.mixing` as pure tensor functions; a
+rule object only wires it to the model. To add a rule: a module in this
+package with a `MixingRule` subclass decorated with `@register_rule("name")`,
+imported in `gradmix_tf/rules/__init__.py`, and a method in
+`gradmix_tf.experiment.METHODS` if the launchers should offer it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import tensorflow as tf
+
+RULES: dict[str, type[MixingRule]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamBatch:
+    """One stream's mini-batch in a training step.
+
+    Attributes:
+        x: [B, ...] inputs.
+        labels: [B] int label ids in the stream's head.
+        head: the index of the stream's head in `GradMixModel.heads` (0: h_T).
+        example_weights: [B] per-example loss weights, or None (the plain mean).
+        accepted: [B] 1 for examples that count, 0 for the rest; with
+            `example_weights` the loss is the weighted sum over the global
+            count of accepted examples (pseudo-labels). Without it, the
+            weights already sum to 1 over the global batch (example reweighting).
+        stream_weight: a weight of the whole stream set by a rule's
+            `prepare_streams`, or None.
+    """
+
+    x: tf.Tensor
+    labels: tf.Tensor
+    head: int = 0
+    example_weights: tf.Tensor | None = None
+    accepted: tf.Tensor | None = None
+    stream_weight: tf.Tensor | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Mix:
+    """What a rule decides for one step.
+
+    Attributes:
+        weights: [S, L] the mixing weights of the streams on the target's path.
+        target_weight: lambda_T of this step, the labelled target's weight.
+        source_head_scale: a factor on the source heads' own gradients, or
+            None (they train as they are).
+    """
+
+    weights: tf.Tensor
+    target_weight: tf.Tensor | float
+    source_head_scale: tf.Tensor | float | None = None
+
+
+class MixingRule:
+    """How the streams' gradients are weighted in the mixed gradient.
+
+    Args:
+        options: the model's `GradMixOptions`.
+    """
+
+    def __init__(self, options):
+        self.options = options
+
+    def prepare_streams(self, model, streams: list[StreamBatch], target: StreamBatch):
+        """The stream batches the gradients are taken on (default: as they are)."""
+        del model, target
+        return streams
+
+    def mix(self, model, streams, target, stream_grads, target_grads) -> Mix:
+        """The step's `Mix`: no stream, or the rule's `stream_mix`.
+
+        Args:
+            model: the `GradMixModel` (its `num_mixing_layers`, `mixing_layer_ids`, ...).
+            streams: the S `StreamBatch`es of the step.
+            target: the labelled target's `StreamBatch`.
+            stream_grads: S lists of V global gradients on the target's path.
+            target_grads: V global gradients of the labelled target loss.
+        """
+        if not streams:
+            return Mix(tf.zeros([0, model.num_mixing_layers]), self.options.target_weight)
+        return self.stream_mix(model, streams, target, stream_grads, target_grads)
+
+    def stream_mix(self, model, streams, target, stream_grads, target_grads) -> Mix:
+        """`mix` for at least one stream."""
+        raise NotImplementedError
+
+
+def register_rule(name: str):
+    """Class decorator: makes a `MixingRule` selectable as `mixing=name`."""
+
+    def register(cls):
+        if name in RULES:
+            raise ValueError(f"a mixing rule {name!r} is registered already: {RULES[name]}.")
+        cls.name = name
+        RULES[name] = cls
+        return cls
+
+    return register
+
+
+def make_rule(options) -> MixingRule:
+    """The rule `options.mixing` names, made for these options."""
+    if options.mixing not in RULES:
+        raise ValueError(f"mixing must be one of {tuple(RULES)}, got {options.mixing!r}.")
+    return RULES[options.mixing](options)

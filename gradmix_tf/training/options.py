@@ -1,0 +1,152 @@
+"""`GradMixOptions`: every option of GradMix's trainer, declared and validated once.
+
+The config (`config.gradmix`, with `pseudo_labels.confidence_weights` and
+`train.on_nonfinite`) becomes options by `GradMixOptions.from_config`; the
+model takes them as `GradMixModel(..., options=...)` (or as keyword
+arguments), and its `get_config` / `from_config` are derived from the fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from gradmix_tf.mixing import weights
+from gradmix_tf.rules import RULES
+from gradmix_tf.training.step_guard import ON_NONFINITE
+
+WEIGHT_SOLVERS = ("closed_form", "lookahead")
+
+
+@dataclasses.dataclass(frozen=True)
+class GradMixOptions:
+    """The options of `GradMixModel` (docs/algorithm.md); the defaults follow the paper
+    as reconstructed there.
+
+    Attributes:
+        mixing: the mixing rule, a name in `gradmix_tf.rules.RULES`: "gradmix"
+            (weights from the meta-objective); or a baseline: "uniform" (every
+            stream weight 1: joint training), "pretrain_finetune" (sources only
+            for `pretrain_steps` steps, then the labelled target only),
+            "example_reweighting" (Ren et al. 2018), "pcgrad" (Yu et al. 2020).
+        weight_solver: "closed_form" (one meta-gradient step from w = 0) or
+            "lookahead" (the exact meta-gradient through a real look-ahead
+            step from `lookahead_init`, with `stateless_call`).
+        alignment: "dot" (the meta-gradient <g_T,l, g_s,l>) or "cosine"
+            (closed form only; scale-free). Reconstruction option.
+        granularity: "layer" (w per stream and layer) or "stream" (one global
+            weight per stream).
+        normalization: "per_layer", "all" or "none" (see `mixing.weights`).
+            Reconstruction option.
+        weight_total: the sum the weights of a layer are normalised to; a
+            positive number, or "num_streams" for S (the scale of joint training).
+        target_weight: lambda_T, the weight of the labelled target gradient
+            in the mixed gradient.
+        share_target_head: a source whose class names equal the target's
+            uses h_T (and so is mixed on it) instead of a head of its own.
+        lookahead_init: the mixing weights the look-ahead starts from.
+        lookahead_step_size: alpha of the look-ahead; None uses the
+            optimizer's current learning rate.
+        adaptive_learning_rate: scale the step size by r_t (step 6).
+        rho_decay: decay of the running mean of rho, in [0, 1).
+        r_min, r_max: the range r_t is clipped to (0 < r_min <= 1 <= r_max).
+        pseudo_label_confidence_weights: weight each pseudo-labelled example's
+            loss by its stored confidence (else by 1).
+        on_nonfinite: what a NaN/Inf loss or gradient does: "stop" (raise,
+            naming the stream and the step, before any update) or "skip"
+            (drop the batch; count it in `nonfinite_skipped`). See
+            `training.step_guard`.
+        pretrain_steps: with mixing="pretrain_finetune", the steps of source
+            pre-training before target fine-tuning (> 0).
+        jit_mixing_weights: solve the mixing weights with the XLA-compiled
+            `weights.solve_mixing_weights_jit` (pure tensors in and out, so
+            it also runs under tf.distribute; the all-reduce stays outside).
+    """
+
+    mixing: str = "gradmix"
+    weight_solver: str = "closed_form"
+    alignment: str = "dot"
+    granularity: str = "layer"
+    normalization: str = "per_layer"
+    weight_total: float | str = 1.0
+    target_weight: float = 1.0
+    share_target_head: bool = True
+    lookahead_init: float = 0.0
+    lookahead_step_size: float | None = None
+    adaptive_learning_rate: bool = True
+    rho_decay: float = 0.99
+    r_min: float = 0.5
+    r_max: float = 2.0
+    pseudo_label_confidence_weights: bool = True
+    on_nonfinite: str = "stop"
+    pretrain_steps: int = 0
+    jit_mixing_weights: bool = False
+
+    def __post_init__(self):
+        def choice(field, allowed):
+            value = getattr(self, field)
+            if value not in allowed:
+                raise ValueError(f"{field} must be one of {tuple(allowed)}, got {value!r}.")
+
+        choice("mixing", RULES)
+        choice("weight_solver", WEIGHT_SOLVERS)
+        choice("alignment", weights.ALIGNMENTS)
+        choice("granularity", weights.GRANULARITIES)
+        choice("normalization", weights.NORMALIZATIONS)
+        choice("on_nonfinite", ON_NONFINITE)
+        if self.weight_solver == "lookahead" and self.alignment != "dot":
+            raise ValueError(
+                "weight_solver='lookahead' measures the meta-gradient: use alignment='dot'."
+            )
+        if not (0.0 < self.r_min <= 1.0 <= self.r_max):
+            raise ValueError(f"need 0 < r_min <= 1 <= r_max, got {self.r_min}, {self.r_max}.")
+        total = self.weight_total
+        if total != "num_streams" and (isinstance(total, str) or not total > 0):
+            raise ValueError(
+                f"weight_total must be a positive number or 'num_streams', got {total!r}."
+            )
+        if not 0.0 <= self.rho_decay < 1.0:
+            raise ValueError(f"rho_decay must be in [0, 1), got {self.rho_decay}.")
+        if self.mixing == "pretrain_finetune" and self.pretrain_steps <= 0:
+            raise ValueError(
+                "mixing='pretrain_finetune' needs pretrain_steps > 0 (the steps of source "
+                f"pre-training), got {self.pretrain_steps}."
+            )
+        if self.lookahead_step_size is not None and not self.lookahead_step_size > 0:
+            raise ValueError(
+                f"lookahead_step_size must be positive or None, got {self.lookahead_step_size}."
+            )
+        # Numbers as floats, so that a config's 1 and 1.0 give the same options.
+        for field in ("target_weight", "lookahead_init", "rho_decay", "r_min", "r_max"):
+            object.__setattr__(self, field, float(getattr(self, field)))
+        if total != "num_streams":
+            object.__setattr__(self, "weight_total", float(total))
+        object.__setattr__(self, "pretrain_steps", int(self.pretrain_steps))
+
+    @classmethod
+    def field_names(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def from_config(cls, config) -> GradMixOptions:
+        """The options of an experiment config (`configs/digits.py` lists the fields).
+
+        `config.gradmix` holds the fields of the same names, except
+        `pretrain_fraction` (of `train.steps`) for `pretrain_steps`, and
+        `lookahead_step_size` 0 for None; `pseudo_labels.confidence_weights`
+        and `train.on_nonfinite` complete them.
+        """
+        mix = dict(config.gradmix)
+        fraction = mix.pop("pretrain_fraction", 0.5)
+        unknown = set(mix) - set(cls.field_names())
+        if unknown:
+            raise ValueError(f"unknown gradmix option(s) {sorted(unknown)}.")
+        mix["lookahead_step_size"] = mix.get("lookahead_step_size") or None
+        return cls(
+            **mix,
+            pretrain_steps=int(fraction * config.train.steps),
+            pseudo_label_confidence_weights=config.pseudo_labels.confidence_weights,
+            on_nonfinite=config.train.on_nonfinite,
+        )
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
