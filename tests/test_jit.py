@@ -62,7 +62,7 @@ class JitSolveTest(tf.test.TestCase, parameterized.TestCase):
     def test_model_with_jit_solve_takes_the_same_step(self):
         plain = make_model(SOURCES, seed=3)
         jit = make_model(SOURCES, seed=3, jit_mixing_weights=True)
-        self.assertTrue(GradMixModel.from_config(jit.get_config()).jit_mixing_weights)
+        self.assertTrue(GradMixModel.from_config(jit.get_config()).options.jit_mixing_weights)
         for seed in range(3):
             data = random_batch(SOURCES, seed=seed)
             plain_logs = tf.function(plain.train_step)(data)

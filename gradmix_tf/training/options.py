@@ -100,6 +100,11 @@ class GradMixOptions:
         if not (0.0 < self.r_min <= 1.0 <= self.r_max):
             raise ValueError(f"need 0 < r_min <= 1 <= r_max, got {self.r_min}, {self.r_max}.")
         total = self.weight_total
+        if isinstance(total, str) and total != "num_streams":
+            try:  # a config field that holds "num_streams" holds numbers as strings
+                total = float(total)
+            except ValueError:
+                pass
         if total != "num_streams" and (isinstance(total, str) or not total > 0):
             raise ValueError(
                 f"weight_total must be a positive number or 'num_streams', got {total!r}."
