@@ -46,12 +46,11 @@ from gradmix_tf.callbacks.checkpoints import Checkpointer, batches_consumed, res
 from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
 from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
 from gradmix_tf.data.streams import MultiStreamData
-from gradmix_tf.data.tasks import load_task
 from gradmix_tf.export.saved_model import export_target_model
-from gradmix_tf.networks import trunks
+from gradmix_tf.networks import TRUNKS
+from gradmix_tf.tasks import load_task
 from gradmix_tf.training.checks import check_model_matches_data
 from gradmix_tf.training.gradmix_model import GradMixModel
-from gradmix_tf.video import trunks as video_trunks
 
 # Each method is GradMix's trainer with some fields fixed (same data, network,
 # optimizer, step budget and seeds): the baselines differ only by these
@@ -71,12 +70,6 @@ METHODS = {
     "pcgrad": {"gradmix.mixing": "pcgrad", **_NO_EXTRAS},
     # The upper reference: every target example labelled, no sources.
     "oracle": {"data.use_sources": False, "data.shots_per_class": 0, **_NO_EXTRAS},
-}
-
-TRUNKS = {
-    "small_cnn": trunks.small_cnn,
-    "video_cnn": video_trunks.video_cnn,
-    "frame_encoder": video_trunks.frame_encoder,
 }
 
 

@@ -9,7 +9,7 @@ unlabelled, evaluated on its test list.
 Every video becomes one fixed window of ``num_frames`` frames (the centre
 window, every ``stride``-th frame) resized to ``size`` x ``size``; the video
 trunks draw random ``clip_length`` windows inside it while training (see
-`gradmix_tf.video.clips`). The data sets must be prepared first (see
+`gradmix_tf.data.clips`). The data sets must be prepared first (see
 docs/video.md); with a `manual_dir` a missing HMDB51 / Kinetics data set is
 prepared here.
 """
@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from gradmix_tf.data.clips import resize_clip, sample_clip
 from gradmix_tf.data.streams import (
     DataError,
     MultiStreamData,
@@ -31,7 +32,6 @@ from gradmix_tf.data.streams import (
     k_shot_indices,
 )
 from gradmix_tf.datasets import hmdb51, kinetics
-from gradmix_tf.video.clips import resize_clip, sample_clip
 from gradmix_tf.video.streams import labelled_clip_stream_from_dataset
 
 UCF101_STREAM = "ucf101"

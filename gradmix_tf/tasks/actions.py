@@ -47,8 +47,8 @@ import functools
 
 import numpy as np
 
-from gradmix_tf.data.digits import _mnist_raw, _photos
 from gradmix_tf.data.streams import DataError, MultiStreamData
+from gradmix_tf.tasks import raw
 from gradmix_tf.video.streams import clip_target_split, labelled_clip_stream
 
 SOURCE_TRANSLATION_STREAM = "mnist_translation"
@@ -176,7 +176,7 @@ def _motion(action: str, num_frames: int, speeds: dict, rng, canvas: int, base_s
 
 def _mnist_partition() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Disjoint MNIST index sets (source 1, target pool, target test), seed-independent."""
-    images, _ = _mnist_raw()
+    images, _ = raw.mnist_sample()
     order = np.random.default_rng(_MNIST_SPLIT_SEED).permutation(len(images))
     third = len(order) // 3
     return order[:third], order[third : 2 * third], order[2 * third :]
@@ -192,7 +192,7 @@ def _photo_crop(rng, side: int, test: bool, subsample: int = 1):
 
     Returns (crop float32 [side, side, 3] in [0, 1], photo, row, col).
     """
-    photos = _photos()
+    photos = raw.photos()
     extent = (side - 1) * subsample + 1
     tiles = [
         (r, c)
@@ -239,7 +239,7 @@ def synthesise_stream(
     if stream not in streams or split not in ("train", "test"):
         raise DataError(f"unknown stream/split {stream!r}/{split!r}; streams: {streams}.")
     rng = np.random.default_rng([data_seed, streams.index(stream), split == "test"])
-    mnist, _ = _mnist_raw()
+    mnist, _ = raw.mnist_sample()
     source_ids, pool_ids, test_ids = _mnist_partition()
     digit_ids = {SOURCE_TRANSLATION_STREAM: source_ids, TARGET_STREAM: pool_ids}.get(stream)
     if stream == TARGET_STREAM and split == "test":
