@@ -13,11 +13,10 @@ import pytest
 import tensorflow as tf
 
 from gradmix_tf import experiment
-from gradmix_tf.data.streams import MultiStreamData
+from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
 from gradmix_tf.export.predict import predict_files
 from gradmix_tf.export.saved_model import export_target_model, load_exported
 from gradmix_tf.networks import video_trunks
-from gradmix_tf.video.streams import clip_target_split, labelled_clip_stream
 from tests.video_testing import HMDB51_CARTWHEEL, REPO_ROOT, UCF101_CLIPS, shared_clip
 
 CLIP_SHAPE = (6, 32, 32, 3)
@@ -31,11 +30,13 @@ def tiny_clip_data(seed: int = 0) -> MultiStreamData:
         return rng.integers(0, 256, (n, *CLIP_SHAPE), dtype=np.uint8)
 
     sources = [
-        labelled_clip_stream("source_a", clips(8), rng.integers(0, 2, 8), ("a0", "a1")),
-        labelled_clip_stream("source_b", clips(8), rng.integers(0, 4, 8), ("b0", "b1", "b2", "b3")),
+        LabelledStream.from_arrays("source_a", clips(8), rng.integers(0, 2, 8), ("a0", "a1")),
+        LabelledStream.from_arrays(
+            "source_b", clips(8), rng.integers(0, 4, 8), ("b0", "b1", "b2", "b3")
+        ),
     ]
     pool_labels = np.repeat(np.arange(3), 3)
-    target = clip_target_split(
+    target = TargetSplit.from_arrays(
         clips(9), pool_labels, clips(6), np.arange(6) % 3, TARGET_CLASSES, 1, seed
     )
     return MultiStreamData(sources, target)

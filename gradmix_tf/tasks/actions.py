@@ -47,9 +47,8 @@ import functools
 
 import numpy as np
 
-from gradmix_tf.data.streams import DataError, MultiStreamData
+from gradmix_tf.data.streams import DataError, LabelledStream, MultiStreamData, TargetSplit
 from gradmix_tf.tasks import raw
-from gradmix_tf.video.streams import clip_target_split, labelled_clip_stream
 
 SOURCE_TRANSLATION_STREAM = "mnist_translation"
 SOURCE_SPIN_ZOOM_STREAM = "photo_patch_spin_zoom"
@@ -316,17 +315,22 @@ def actions_task(
     pool = render(TARGET_STREAM, TARGET_CLASS_NAMES, target_pool_per_class)
     test = render(TARGET_STREAM, TARGET_CLASS_NAMES, target_test_per_class, "test")
     sources = [
-        labelled_clip_stream(
+        LabelledStream.from_arrays(
             SOURCE_TRANSLATION_STREAM,
             translation.clips,
             translation.labels,
             SOURCE_TRANSLATION_CLASS_NAMES,
+            kind="clips",
         ),
-        labelled_clip_stream(
-            SOURCE_SPIN_ZOOM_STREAM, spin_zoom.clips, spin_zoom.labels, SOURCE_SPIN_ZOOM_CLASS_NAMES
+        LabelledStream.from_arrays(
+            SOURCE_SPIN_ZOOM_STREAM,
+            spin_zoom.clips,
+            spin_zoom.labels,
+            SOURCE_SPIN_ZOOM_CLASS_NAMES,
+            kind="clips",
         ),
     ]
-    target = clip_target_split(
+    target = TargetSplit.from_arrays(
         pool.clips,
         pool.labels,
         test.clips,
@@ -335,5 +339,6 @@ def actions_task(
         shots_per_class,
         seed,
         name=TARGET_STREAM,
+        kind="clips",
     )
     return MultiStreamData(sources, target)
