@@ -1,4 +1,4 @@
-"""The offline default action task: synthetic motion clips (see gradmix_tf/data/actions.py).
+"""The offline default action task: synthetic motion clips (see gradmix_tf/tasks/actions.py).
 
 Sources: an MNIST digit translating on black (4 classes) and a photo patch rotating or
 zooming on grey (4 classes); target: MNIST digits in colour over photo crops, moving

@@ -5,7 +5,7 @@ USPS digits 5-9 (the `usps` builder's train split, 3,051 images), each with its 
 Target: MNIST-M (the `mnist_m` builder), the first 1,000 images of its test split, all ten
 digits: a fixed stratified test part of 45 a class (450 images, the same for every seed),
 10 labelled images a class drawn from the seed (100) and 450 unlabelled. See
-`gradmix_tf/datasets/digit_tasks.py` and docs/datasets.md.
+`gradmix_tf/tasks/digits_mnistm.py` and docs/datasets.md.
 
 USPS and MNIST-M are manual-download datasets. Make their manual dir from the npz files of
 `../shared/data/digits` (or place the released files, docs/datasets.md), then train:
@@ -35,7 +35,7 @@ from configs import digits
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = digits.get_config(arg)
     config.data.task = "digits_mnistm"
-    # Options of gradmix_tf.datasets.digit_tasks.mnist_usps_to_mnistm. The manual dir holds
+    # Options of gradmix_tf.tasks.digits_mnistm.mnist_usps_to_mnistm. The manual dir holds
     # mnist_m/ and usps/ (used only until the datasets are prepared in the data dir).
     config.data.task_options = ml_collections.ConfigDict()
     config.data.task_options.manual_dir = ml_collections.FieldReference(

@@ -46,13 +46,12 @@ from gradmix_tf.callbacks.checkpoints import Checkpointer, batches_consumed, res
 from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
 from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
 from gradmix_tf.data.streams import MultiStreamData
-from gradmix_tf.data.tasks import load_task
 from gradmix_tf.export.saved_model import export_target_model
-from gradmix_tf.networks import trunks
+from gradmix_tf.networks import TRUNKS
+from gradmix_tf.tasks import load_task
 from gradmix_tf.training.checks import check_model_matches_data
 from gradmix_tf.training.gradmix_model import GradMixModel
 from gradmix_tf.training.options import GradMixOptions
-from gradmix_tf.video import trunks as video_trunks
 
 # Each method is GradMix's trainer with some fields fixed (same data, network,
 # optimizer, step budget and seeds): the baselines differ only by these
@@ -72,12 +71,6 @@ METHODS = {
     "pcgrad": {"gradmix.mixing": "pcgrad", **_NO_EXTRAS},
     # The upper reference: every target example labelled, no sources.
     "oracle": {"data.use_sources": False, "data.shots_per_class": 0, **_NO_EXTRAS},
-}
-
-TRUNKS = {
-    "small_cnn": trunks.small_cnn,
-    "video_cnn": video_trunks.video_cnn,
-    "frame_encoder": video_trunks.frame_encoder,
 }
 
 
@@ -254,7 +247,9 @@ def _callbacks(config, workdir, data, model, start_step=0):
     return callbacks
 
 
-def _seed_everything(config):
+def seed_everything(config):
+    """Seeds Python, numpy, TensorFlow and Keras from `config.seed` (and makes ops
+    deterministic with `train.deterministic`)."""
     keras.utils.set_random_seed(config.seed)
     if config.train.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -293,7 +288,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(write_dir, "config.json"), "w") as f:
         f.write(config.to_json_best_effort(indent=2))
-    _seed_everything(config)
+    seed_everything(config)
 
     data = build_data(config)
     with strategy.scope(), distribute.precision_policy(config.train.get("precision", "float32")):
@@ -356,7 +351,7 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
 def evaluate_workdir(workdir: str) -> dict:
     """Re-evaluates the latest checkpoint of a work directory on the target test set."""
     config = load_workdir_config(workdir)
-    _seed_everything(config)
+    seed_everything(config)
     data = build_data(config)
     with distribute.precision_policy(config.train.get("precision", "float32")):
         model = build_model(config, data)

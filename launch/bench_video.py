@@ -34,7 +34,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     config = experiment.resolve_config(_CONFIG.value)
-    experiment._seed_everything(config)
+    experiment.seed_everything(config)
     started = time.perf_counter()
     data = experiment.build_data(config)
     model = experiment.build_model(config, data)

@@ -1,4 +1,4 @@
-"""The synthetic motion task (`gradmix_tf.data.actions`) and `configs/actions.py:smoke`."""
+"""The synthetic motion task (`gradmix_tf.tasks.actions`) and `configs/actions.py:smoke`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from gradmix_tf.data import actions
+from gradmix_tf.tasks import actions
 from tests.video_testing import REPO_ROOT
 
 

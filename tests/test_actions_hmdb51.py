@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from gradmix_tf.datasets import DatasetNotReadyError, hmdb51
-from gradmix_tf.video import hmdb51_task
+from gradmix_tf.tasks import actions_hmdb51
 from tests.test_video_builders import hmdb51_manual_dir, kinetics_manual_dir
 
 OPTIONS = {
@@ -32,7 +32,7 @@ def test_task_builds_streams_from_prepared_builders(tmp_path):
     manual.mkdir()
     os.rename(hmdb51_manual_dir(tmp_path), manual / "hmdb51")
     os.rename(kinetics_manual_dir(tmp_path), manual / "kinetics")
-    data = hmdb51_task.hmdb51_task(
+    data = actions_hmdb51.hmdb51_task(
         seed=0,
         shots_per_class=1,
         data_dir=str(tmp_path / "data"),
@@ -63,7 +63,7 @@ def test_task_builds_streams_from_prepared_builders(tmp_path):
     assert batch["sources"][0][0].shape == (2, 4, 16, 16, 3)
 
     # Prepared once: a second build reads the data directory and needs no manual_dir.
-    again = hmdb51_task.hmdb51_task(
+    again = actions_hmdb51.hmdb51_task(
         seed=1, shots_per_class=1, data_dir=str(tmp_path / "data"), **OPTIONS
     )
     assert again.target.labelled.size == 2
@@ -73,13 +73,13 @@ def test_unprepared_data_fails_fast_with_what_to_do(tmp_path):
     with pytest.raises(
         DatasetNotReadyError, match="(?s)testTrainMulti_7030_splits.*launch.prepare"
     ):
-        hmdb51_task.hmdb51_task(data_dir=str(tmp_path), **OPTIONS)
+        actions_hmdb51.hmdb51_task(data_dir=str(tmp_path), **OPTIONS)
 
 
 def test_capped_indices_keeps_the_first_clips_of_each_class():
     labels = np.array([0, 1, 0, 0, 1, 2])
-    assert hmdb51_task.capped_indices(labels, 2).tolist() == [0, 1, 2, 4, 5]
-    assert hmdb51_task.capped_indices(labels, None).tolist() == list(range(6))
+    assert actions_hmdb51.capped_indices(labels, 2).tolist() == [0, 1, 2, 4, 5]
+    assert actions_hmdb51.capped_indices(labels, None).tolist() == list(range(6))
 
 
 def test_config_resolves_and_its_task_fails_fast_without_data(tmp_path):

@@ -259,7 +259,7 @@ def test_any_registered_builder_with_configs_goes_through_the_same_path(tmp_path
 
 
 def test_task_with_no_data_stops_in_seconds_naming_files(tmp_path):
-    from gradmix_tf.data.tasks import load_task
+    from gradmix_tf.tasks import load_task
 
     start = time.monotonic()
     with pytest.raises(datasets.DatasetNotReadyError) as error:
@@ -530,7 +530,7 @@ def test_importing_the_package_does_not_import_tfds():
 def test_tfds_task_from_config_options(tmp_path, syn_digits_files):
     import ml_collections
 
-    from gradmix_tf.datasets.tfds_task import tfds_task
+    from gradmix_tf.tasks.tfds import tfds_task
 
     manual, *_ = syn_digits_files
     usps_images = _numbered_images(40, (16, 16), seed=3)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from gradmix_tf import datasets
-from gradmix_tf.data.tasks import load_task
-from gradmix_tf.datasets import digit_tasks, manual_files
+from gradmix_tf.datasets import manual_files
+from gradmix_tf.tasks import digits_mnistm, load_task
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "digits"
 USPS_NPZ = SHARED / "usps_uint8.npz"
@@ -108,7 +108,7 @@ def test_digits_mnistm_sizes_labels_and_names(task):
     assert (mnist.size, usps.size) == (2500, 3051)
     assert mnist.class_names == ("0", "1", "2", "3", "4")
     assert usps.class_names == ("5", "6", "7", "8", "9")
-    assert task.image_shape == digit_tasks.IMAGE_SHAPE
+    assert task.image_shape == digits_mnistm.IMAGE_SHAPE
     assert task.target.labelled.name == "mnist_m"
     assert (task.target.labelled.size, task.target.unlabelled.size, task.target.test.size) == (
         100,

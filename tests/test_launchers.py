@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gradmix_tf.data import digits
+from gradmix_tf.tasks import digits
 
 pytestmark = pytest.mark.slow
 

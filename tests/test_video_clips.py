@@ -1,4 +1,4 @@
-"""Tests of the clip pipeline (`gradmix_tf.video.clips`) on real clips and tiny tensors."""
+"""Tests of the clip pipeline (`gradmix_tf.data.clips`) on real clips and tiny tensors."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gradmix_tf.video import clips
+from gradmix_tf.data import clips
+from gradmix_tf.export.predict import multi_clip_predict
 from tests.video_testing import (
     HMDB51_CARTWHEEL,
     HMDB51_WAVE,
@@ -112,7 +113,7 @@ def test_multi_clip_predict_averages_the_clips():
         mean = tf.reduce_mean(batch, axis=[1, 2, 3, 4])
         return tf.stack([1 - mean, mean], axis=1)
 
-    averaged = clips.multi_clip_predict(predict, video, clip_length=4, num_clips=2).numpy()
+    averaged = multi_clip_predict(predict, video, clip_length=4, num_clips=2).numpy()
     np.testing.assert_allclose(averaged, [0.5, 0.5], atol=1e-6)
 
 

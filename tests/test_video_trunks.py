@@ -13,11 +13,10 @@ import pytest
 import tensorflow as tf
 
 from gradmix_tf import experiment
-from gradmix_tf.data.streams import MultiStreamData
+from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
 from gradmix_tf.export.predict import predict_files
 from gradmix_tf.export.saved_model import export_target_model, load_exported
-from gradmix_tf.video import trunks
-from gradmix_tf.video.streams import clip_target_split, labelled_clip_stream
+from gradmix_tf.networks import video_trunks
 from tests.video_testing import HMDB51_CARTWHEEL, REPO_ROOT, UCF101_CLIPS, shared_clip
 
 CLIP_SHAPE = (6, 32, 32, 3)
@@ -31,11 +30,13 @@ def tiny_clip_data(seed: int = 0) -> MultiStreamData:
         return rng.integers(0, 256, (n, *CLIP_SHAPE), dtype=np.uint8)
 
     sources = [
-        labelled_clip_stream("source_a", clips(8), rng.integers(0, 2, 8), ("a0", "a1")),
-        labelled_clip_stream("source_b", clips(8), rng.integers(0, 4, 8), ("b0", "b1", "b2", "b3")),
+        LabelledStream.from_arrays("source_a", clips(8), rng.integers(0, 2, 8), ("a0", "a1")),
+        LabelledStream.from_arrays(
+            "source_b", clips(8), rng.integers(0, 4, 8), ("b0", "b1", "b2", "b3")
+        ),
     ]
     pool_labels = np.repeat(np.arange(3), 3)
-    target = clip_target_split(
+    target = TargetSplit.from_arrays(
         clips(9), pool_labels, clips(6), np.arange(6) % 3, TARGET_CLASSES, 1, seed
     )
     return MultiStreamData(sources, target)
@@ -79,7 +80,7 @@ def test_trunk_trains_under_gradmix_and_exports(name, tmp_path, monkeypatch):
         [keras.layers.Conv2D(4, 3, strides=2), keras.layers.GlobalAveragePooling2D()]
     )
     custom = functools.partial(
-        trunks.frame_encoder, backbone, CLIP_SHAPE[1:], dense_units=0, temporal_pooling="max"
+        video_trunks.frame_encoder, backbone, CLIP_SHAPE[1:], dense_units=0, temporal_pooling="max"
     )
     monkeypatch.setitem(experiment.TRUNKS, "frame_encoder_custom", custom)
     data = tiny_clip_data()
@@ -110,7 +111,7 @@ def test_trunk_trains_under_gradmix_and_exports(name, tmp_path, monkeypatch):
 
 def test_temporal_crop_random_in_training_centre_at_inference():
     clips = tf.reshape(tf.range(3 * 10, dtype=tf.float32), [3, 10, 1, 1, 1])
-    crop = trunks.TemporalCrop(4, seed=1)
+    crop = video_trunks.TemporalCrop(4, seed=1)
     centre = crop(clips, training=False)[:, :, 0, 0, 0].numpy()
     np.testing.assert_array_equal(centre[0], [3, 4, 5, 6])
     starts = set()
@@ -121,13 +122,13 @@ def test_temporal_crop_random_in_training_centre_at_inference():
         assert first.min() >= 0 and first.max() <= 6
         starts.update(first.tolist())
     assert len(starts) > 3
-    assert trunks.TemporalCrop(None)(clips).shape == clips.shape
+    assert video_trunks.TemporalCrop(None)(clips).shape == clips.shape
 
 
 def test_2plus1d_layers_equal_the_conv3d_they_factorise():
     x = tf.random.stateless_normal([2, 5, 7, 6, 3], seed=[1, 2])
-    spatial = trunks.SpatialConv(4, 3, strides=2)
-    temporal = trunks.TemporalConv(4, 3)
+    spatial = video_trunks.SpatialConv(4, 3, strides=2)
+    temporal = video_trunks.TemporalConv(4, 3)
     spatial_out, temporal_out = spatial(x), temporal(x)
     conv = keras.layers.Conv3D(4, (1, 3, 3), strides=(1, 2, 2), padding="same")
     conv.build(x.shape)
@@ -143,7 +144,7 @@ def test_2plus1d_layers_equal_the_conv3d_they_factorise():
 def test_frame_encoder_wraps_a_keras_applications_backbone():
     # Random initialisation (weights=None): no download. Its GradMix step is the same as any
     # trunk's, only slower (100+ mixing layers), so it is tested on the forward pass only.
-    trunk = trunks.frame_encoder(
+    trunk = video_trunks.frame_encoder(
         "MobileNetV3Small",
         (32, 32, 3),
         backbone_options={"alpha": 0.75, "minimalistic": True},
@@ -158,7 +159,7 @@ def test_frame_encoder_wraps_a_keras_applications_backbone():
 
 def test_unknown_backbone_is_a_clear_error():
     with pytest.raises(ValueError, match="keras.applications"):
-        trunks.frame_encoder("NoSuchNet", (32, 32, 3))
+        video_trunks.frame_encoder("NoSuchNet", (32, 32, 3))
 
 
 @pytest.fixture(scope="module")

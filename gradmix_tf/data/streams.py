@@ -8,7 +8,7 @@ pseudo-label) and a held-out test set.
 Everything is batch-first. One training element is a dict::
 
     {
-        "sources": ((x_1, y_1), ..., (x_K, y_K)),   # x: [B, H, W, C], y: [B]
+        "sources": ((x_1, y_1), ..., (x_K, y_K)),   # x: [B, H, W, C] or [B, T, H, W, C], y: [B]
         "target": (x_T, y_T),                      # the labelled target batch
         "unlabelled": (x_U, ids_U),                # present when T_u is given
     }
@@ -21,6 +21,25 @@ Users bring their own data with `LabelledStream.from_arrays` /
 `UnlabelledStream.from_arrays` (numpy) or the `from_dataset` constructors
 (`tf.data`), and `MultiStreamData`; `TargetSplit.from_arrays` draws the
 k-shot labelled split deterministically from a seed.
+
+Images and clips. An example is an image `[H, W, C]` or a clip of frames
+`[T, H, W, C]`; the same classes and constructors take both (a stream's
+`image_shape` is then the clip shape `(T, H, W, C)`), so `MultiStreamData`,
+`GradMixModel` and the callbacks work on video unchanged. The `kind`
+argument of the constructors says which ("images" or "clips"); left at
+`None` it is read from the rank:
+
+- arrays (`from_arrays`): rank 3 is grey images `[N, H, W]` (a channel axis
+  is added), rank 4 images `[N, H, W, C]`, rank 5 clips `[N, T, H, W, C]`.
+  Rank 4 is always images: grey clips `[N, T, H, W]` need `kind="clips"`
+  (or an explicit channel axis, `clips[..., None]`);
+- datasets (`LabelledStream.from_dataset`): an element of rank 3 is an
+  image; a clip `[T, H, W, C]` has the rank of a batch of images, so a
+  dataset of clips needs `kind="clips"` (and a static clip shape).
+
+Integer arrays (uint8) are scaled to [0, 1] in both cases. Keep
+`max_shift = 0` for clips: the random shift is for images (the video
+trunks crop in time themselves).
 """
 
 from __future__ import annotations
@@ -38,20 +57,55 @@ class DataError(ValueError):
     """Raised when a stream violates the data contract."""
 
 
-def _as_float_images(images, name: str) -> np.ndarray:
-    images = np.asarray(images)
-    if images.ndim == 3:  # [N, H, W] grey images get a channel axis.
-        images = images[..., None]
-    if images.ndim != 4:
+@dataclasses.dataclass(frozen=True)
+class _Kind:
+    """How the checks name and shape one kind of example (see the module docstring)."""
+
+    plural: str  # "images"
+    singular: str  # "image"
+    unit: str  # what an empty stream lacks: "example"
+    axes: str  # of one example, without the channel axis: "H, W"
+
+    @property
+    def rank(self) -> int:
+        """Rank of one example, channel axis included."""
+        return self.axes.count(",") + 2
+
+
+_KINDS = {
+    "images": _Kind("images", "image", "example", "H, W"),
+    "clips": _Kind("clips", "clip", "clip", "T, H, W"),
+}
+
+
+def _kind(kind: str | None, array_rank: int | None = None) -> _Kind:
+    """The kind of examples named by `kind`, or read from an array's rank when None."""
+    if kind is None:
+        return _KINDS["clips" if array_rank == _KINDS["clips"].rank + 1 else "images"]
+    if kind not in _KINDS:
+        raise DataError(f"kind must be one of {sorted(_KINDS)} or None, got {kind!r}.")
+    return _KINDS[kind]
+
+
+def _as_float_examples(examples, name: str, kind: _Kind) -> np.ndarray:
+    """Checks `[N, ...]` images or clips; uint8 is scaled to [0, 1]; returns float32."""
+    examples = np.asarray(examples)
+    if examples.ndim == kind.rank:  # grey examples get a channel axis.
+        examples = examples[..., None]
+    if examples.ndim != kind.rank + 1:
         raise DataError(
-            f"stream '{name}': images must have shape [N, H, W] or [N, H, W, C], "
-            f"got {images.shape}."
+            f"stream '{name}': {kind.plural} must have shape [N, {kind.axes}] or "
+            f"[N, {kind.axes}, C], got {examples.shape}."
         )
-    if not (np.issubdtype(images.dtype, np.floating) or np.issubdtype(images.dtype, np.integer)):
-        raise DataError(f"stream '{name}': images must be numeric, got dtype {images.dtype}.")
-    if np.issubdtype(images.dtype, np.integer):
-        images = images.astype(np.float32) / 255.0
-    return images.astype(np.float32, copy=False)
+    if not (
+        np.issubdtype(examples.dtype, np.floating) or np.issubdtype(examples.dtype, np.integer)
+    ):
+        raise DataError(
+            f"stream '{name}': {kind.plural} must be numeric, got dtype {examples.dtype}."
+        )
+    if np.issubdtype(examples.dtype, np.integer):
+        examples = examples.astype(np.float32) / 255.0
+    return examples.astype(np.float32, copy=False)
 
 
 def _check_labels(labels, num_classes: int, name: str) -> np.ndarray:
@@ -102,7 +156,8 @@ class LabelledStream:
 
     Attributes:
         name: a short name, used in logs (`loss/<name>`, `mixing_weight/<name>`).
-        dataset: unbatched `tf.data.Dataset` of `(image float32 [H, W, C], label int32 [])`.
+        dataset: unbatched `tf.data.Dataset` of `(example float32, label int32 [])`,
+            an example being an image `[H, W, C]` or a clip `[T, H, W, C]`.
         class_names: the label space; label `i` means `class_names[i]`.
         size: number of examples, when known.
     """
@@ -113,15 +168,33 @@ class LabelledStream:
     size: int | None = None
 
     @classmethod
-    def from_arrays(cls, name: str, images, labels, class_names: Sequence[str]) -> LabelledStream:
-        """Builds a stream from numpy arrays (uint8 images are scaled to [0, 1])."""
+    def from_arrays(
+        cls,
+        name: str,
+        images,
+        labels,
+        class_names: Sequence[str],
+        *,
+        kind: str | None = None,
+    ) -> LabelledStream:
+        """Builds a stream from numpy arrays (uint8 images or clips are scaled to [0, 1]).
+
+        Args:
+            images: images `[N, H, W(, C)]` or clips `[N, T, H, W(, C)]`.
+            labels: `[N]` class ids in `[0, len(class_names))`.
+            kind: "images", "clips" or None (read from the rank; see the
+                module docstring: grey clips `[N, T, H, W]` need "clips").
+        """
         class_names = tuple(str(c) for c in class_names)
-        images = _as_float_images(images, name)
+        kind = _kind(kind, np.ndim(images))
+        images = _as_float_examples(images, name, kind)
         labels = _check_labels(labels, len(class_names), name)
         if len(images) != len(labels):
-            raise DataError(f"stream '{name}': {len(images)} images but {len(labels)} labels.")
+            raise DataError(
+                f"stream '{name}': {len(images)} {kind.plural} but {len(labels)} labels."
+            )
         if len(images) == 0:
-            raise DataError(f"stream '{name}' is empty: it needs at least one example.")
+            raise DataError(f"stream '{name}' is empty: it needs at least one {kind.unit}.")
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
         return cls(name, dataset, class_names, len(images))
 
@@ -132,23 +205,42 @@ class LabelledStream:
         dataset: tf.data.Dataset,
         class_names: Sequence[str],
         size: int | None = None,
+        *,
+        kind: str | None = None,
     ) -> LabelledStream:
-        """Wraps an unbatched `tf.data.Dataset` of `(image, label)` pairs."""
+        """Wraps an unbatched `tf.data.Dataset` of `(image, label)` or `(clip, label)` pairs.
+
+        Args:
+            size: number of examples; None reads the dataset's cardinality.
+            kind: "images" (None: elements `[H, W, C]`) or "clips" (elements
+                `[T, H, W, C]` of a static shape: sample fixed-length clips of
+                a fixed size, `gradmix_tf.data.clips`).
+
+        The labels are checked against `class_names` as the dataset is read.
+        """
+        kind = _kind(kind)
         spec = dataset.element_spec
         if not (isinstance(spec, tuple) and len(spec) == 2):
             raise DataError(
-                f"stream '{name}': the dataset must yield (image, label) pairs, got {spec}."
+                f"stream '{name}': the dataset must yield ({kind.singular}, label) pairs, "
+                f"got {spec}."
             )
-        if spec[0].shape.rank != 3:
+        if spec[0].shape.rank != kind.rank:
             raise DataError(
-                f"stream '{name}': images must be unbatched [H, W, C], got {spec[0].shape}."
+                f"stream '{name}': {kind.plural} must be unbatched [{kind.axes}, C], "
+                f"got {spec[0].shape}."
+            )
+        if kind is _KINDS["clips"] and not spec[0].shape.is_fully_defined():
+            raise DataError(
+                f"stream '{name}': clips need a static shape, got {spec[0].shape}: sample "
+                "fixed-length clips of a fixed size (gradmix_tf.data.clips.sample_clip)."
             )
         class_names = tuple(str(c) for c in class_names)
         if size is None:
             cardinality = int(dataset.cardinality())
             size = cardinality if cardinality >= 0 else None
-        if size == 0:
-            raise DataError(f"stream '{name}' is empty: it needs at least one example.")
+        if size is not None and size <= 0:
+            raise DataError(f"stream '{name}' is empty: it needs at least one {kind.unit}.")
         dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
         return cls(name, _checked_labels(dataset, len(class_names), name), class_names, size)
 
@@ -158,6 +250,7 @@ class LabelledStream:
 
     @property
     def image_shape(self) -> tuple[int, ...]:
+        """The shape of one example: `(H, W, C)`, or `(T, H, W, C)` for clips."""
         return tuple(self.dataset.element_spec[0].shape.as_list())
 
 
@@ -167,7 +260,8 @@ class UnlabelledStream:
 
     Attributes:
         name: a short name for logs.
-        dataset: unbatched `tf.data.Dataset` of `(image float32 [H, W, C], id int32 [])`.
+        dataset: unbatched `tf.data.Dataset` of `(example float32, id int32 [])`, an
+            example being an image `[H, W, C]` or a clip `[T, H, W, C]`.
         size: number of examples (the size of the pseudo-label table).
         true_labels: optional `[size]` labels, used only to report the
             precision of pseudo-labels (never for training).
@@ -179,10 +273,19 @@ class UnlabelledStream:
     true_labels: np.ndarray | None = None
 
     @classmethod
-    def from_arrays(cls, name: str, images, true_labels=None) -> UnlabelledStream:
-        images = _as_float_images(images, name)
+    def from_arrays(
+        cls, name: str, images, true_labels=None, *, kind: str | None = None
+    ) -> UnlabelledStream:
+        """Builds a stream from images or clips, with ids 0..N-1 (see `LabelledStream`).
+
+        Args:
+            true_labels: optional `[N]` labels, only for pseudo-label precision.
+            kind: "images", "clips" or None (read from the rank).
+        """
+        kind = _kind(kind, np.ndim(images))
+        images = _as_float_examples(images, name, kind)
         if len(images) == 0:
-            raise DataError(f"stream '{name}' is empty: it needs at least one example.")
+            raise DataError(f"stream '{name}' is empty: it needs at least one {kind.unit}.")
         ids = np.arange(len(images), dtype=np.int32)
         dataset = tf.data.Dataset.from_tensor_slices((images, ids))
         if true_labels is not None:
@@ -191,7 +294,8 @@ class UnlabelledStream:
 
     @classmethod
     def from_dataset(cls, name: str, dataset: tf.data.Dataset, size: int) -> UnlabelledStream:
-        """Wraps a dataset of images; ids 0..size-1 are attached in order."""
+        """Wraps a dataset of images or clips (any extra items are dropped); ids 0..size-1
+        are attached in order."""
         if size <= 0:
             raise DataError(f"stream '{name}' is empty: it needs at least one example.")
         ids = tf.data.Dataset.range(size).map(lambda i: tf.cast(i, tf.int32))
@@ -200,6 +304,7 @@ class UnlabelledStream:
 
     @property
     def image_shape(self) -> tuple[int, ...]:
+        """The shape of one example: `(H, W, C)`, or `(T, H, W, C)` for clips."""
         return tuple(self.dataset.element_spec[0].shape.as_list())
 
 
@@ -247,14 +352,18 @@ class TargetSplit:
         shots_per_class: int | None,
         seed: int,
         name: str = "target",
+        *,
+        kind: str | None = None,
     ) -> TargetSplit:
         """Splits the target's training pool into k-shot labelled + unlabelled.
 
         Args:
+            train_images, test_images: images or clips (see `LabelledStream.from_arrays`).
             shots_per_class: labelled examples a class (drawn from `seed`); the
                 rest become the unlabelled set, with their true labels kept
                 only for pseudo-label precision. `None` labels the whole pool
                 (the oracle setting) and leaves no unlabelled set.
+            kind: "images", "clips" or None (read from the rank).
         """
         train_labels = np.asarray(train_labels)
         if shots_per_class is None:
@@ -263,15 +372,15 @@ class TargetSplit:
             labelled, rest = k_shot_indices(train_labels, shots_per_class, seed)
         train_images = np.asarray(train_images)
         labelled_stream = LabelledStream.from_arrays(
-            name, train_images[labelled], train_labels[labelled], class_names
+            name, train_images[labelled], train_labels[labelled], class_names, kind=kind
         )
         unlabelled_stream = None
         if len(rest):
             unlabelled_stream = UnlabelledStream.from_arrays(
-                f"{name}_unlabelled", train_images[rest], train_labels[rest]
+                f"{name}_unlabelled", train_images[rest], train_labels[rest], kind=kind
             )
         test_stream = LabelledStream.from_arrays(
-            f"{name}_test", test_images, test_labels, class_names
+            f"{name}_test", test_images, test_labels, class_names, kind=kind
         )
         return cls(labelled_stream, unlabelled_stream, test_stream)
 
@@ -322,9 +431,15 @@ class MultiStreamData:
             seed: seeds the shuffling (and the augmentation) of every stream.
             max_shift: augmentation: translate every training image by up to
                 this many pixels (edges mirrored), drawn from `seed`; 0 = off.
+                Images only: keep 0 for clips.
         """
         if global_batch_size <= 0:
             raise DataError(f"global_batch_size must be positive, got {global_batch_size}.")
+        if max_shift > 0 and len(self.image_shape) != _KINDS["images"].rank:
+            raise DataError(
+                f"max_shift={max_shift} shifts images, but the streams hold clips of shape "
+                f"{self.image_shape}: set data.max_shift = 0 (video trunks crop in time)."
+            )
 
         def endless(dataset: tf.data.Dataset, offset: int) -> tf.data.Dataset:
             dataset = dataset.cache().shuffle(_SHUFFLE_BUFFER, seed=seed + offset).repeat()

@@ -1,7 +1,7 @@
 """Runs an exported target model on image files (PNG or JPEG) or, for a video model, video files.
 
 An export whose `input_shape` has four axes `(T, H, W, C)` is a video model:
-its files are decoded with ffmpeg (`gradmix_tf.video.clips.decode_video`) at
+its files are decoded with ffmpeg (`gradmix_tf.data.clips.decode_video`) at
 the model's frame size, and the class probabilities are averaged over
 `num_clips` evenly spaced clips of T frames (multi-clip averaging).
 """
@@ -12,10 +12,16 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+import tensorflow as tf
 from PIL import Image, UnidentifiedImageError
 
+from gradmix_tf.data.clips import (
+    VIDEO_EXTENSIONS,
+    decode_video,
+    multi_clip_windows,
+    normalise_clip,
+)
 from gradmix_tf.export.saved_model import load_exported
-from gradmix_tf.video.clips import VIDEO_EXTENSIONS, decode_video, multi_clip_predict
 
 
 def load_image(path: str, input_shape: Sequence[int]) -> np.ndarray:
@@ -42,6 +48,19 @@ def load_image(path: str, input_shape: Sequence[int]) -> np.ndarray:
 
 def is_video_file(path: str) -> bool:
     return path.lower().endswith(VIDEO_EXTENSIONS)
+
+
+def multi_clip_predict(predict_fn, video, clip_length: int, num_clips: int, stride: int = 1):
+    """Class probabilities of one video, averaged over `num_clips` evenly spaced clips.
+
+    Args:
+        predict_fn: float32 clips `[N, clip_length, H, W, C]` in [0, 1] ->
+            probabilities `[N, classes]` (e.g. an export's `serve`).
+        video: uint8 or [0, 1] float frames `[T, H, W, C]` of the model's frame size.
+    """
+    windows = normalise_clip(multi_clip_windows(video, clip_length, num_clips, stride))
+    probabilities = tf.convert_to_tensor(predict_fn(windows))
+    return tf.reduce_mean(probabilities, axis=0)
 
 
 def video_probabilities(

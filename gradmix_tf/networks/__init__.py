@@ -1,0 +1,36 @@
+"""Networks: the trunks f_theta a config names (`config.model.trunk`).
+
+- `trunks.py`: `small_cnn`, the trunk of the digit tasks (images `[B, H, W, C]`);
+- `video_trunks.py`: `video_cnn` and `frame_encoder`, trunks of clips
+  `[B, T, H, W, C]`, and their layers.
+
+`TRUNKS` maps a trunk's name to the function that builds it; `build_trunk`
+builds one by name. Any other Keras layer works as a trunk too: pass it to
+`GradMixModel`, or add it to `TRUNKS` to name it in configs.
+"""
+
+from __future__ import annotations
+
+from gradmix_tf.networks.trunks import small_cnn
+from gradmix_tf.networks.video_trunks import frame_encoder, video_cnn
+
+TRUNKS = {
+    "small_cnn": small_cnn,
+    "video_cnn": video_cnn,
+    "frame_encoder": frame_encoder,
+}
+"""Trunk name (`config.model.trunk`) -> the function that builds the trunk."""
+
+
+def build_trunk(name: str, **kwargs):
+    """Builds trunk `name` (see `TRUNKS`) with the keyword arguments of its function.
+
+    Raises:
+        ValueError: when `name` is not a known trunk.
+    """
+    if name not in TRUNKS:
+        raise ValueError(f"unknown trunk {name!r}; known trunks: {sorted(TRUNKS)}.")
+    return TRUNKS[name](**kwargs)
+
+
+__all__ = ["TRUNKS", "build_trunk"]

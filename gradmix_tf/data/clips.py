@@ -10,8 +10,8 @@ the unit every video stream and video trunk works on (batch-first:
 - `sample_clip` takes one window of a video: ``"random"`` (a random temporal
   crop, for training), ``"center"`` (evaluation) or a given start;
   `multi_clip_windows` takes ``num_clips`` evenly spaced windows (multi-clip
-  averaging at evaluation, see `multi_clip_predict`). Videos shorter than the
-  window are looped.
+  averaging at evaluation, `gradmix_tf.export.predict.multi_clip_predict`).
+  Videos shorter than the window are looped.
 - `video_file_dataset` chains them for files: parallel decoding, caching of
   the decoded frames (in memory or a file), clip sampling, prefetch.
 
@@ -20,7 +20,7 @@ repeated, so a random crop made *in* the stream would be frozen after the
 first epoch. Streams therefore hold windows a little longer than the model's
 clip, and the video trunks start with `TemporalCrop`, a layer that draws a
 random window of `clip_length` frames at every training step and takes the
-centre window at inference (see `gradmix_tf.video.trunks`).
+centre window at inference (see `gradmix_tf.networks.video_trunks`).
 """
 
 from __future__ import annotations
@@ -278,16 +278,3 @@ def video_file_dataset(
         )
     dataset = dataset.map(lambda c, y: (normalise_clip(c), y))
     return dataset.prefetch(tf.data.AUTOTUNE)
-
-
-def multi_clip_predict(predict_fn, video, clip_length: int, num_clips: int, stride: int = 1):
-    """Class probabilities of one video, averaged over `num_clips` evenly spaced clips.
-
-    Args:
-        predict_fn: float32 clips `[N, clip_length, H, W, C]` in [0, 1] ->
-            probabilities `[N, classes]` (e.g. an export's `serve`).
-        video: uint8 or [0, 1] float frames `[T, H, W, C]` of the model's frame size.
-    """
-    windows = normalise_clip(multi_clip_windows(video, clip_length, num_clips, stride))
-    probabilities = tf.convert_to_tensor(predict_fn(windows))
-    return tf.reduce_mean(probabilities, axis=0)

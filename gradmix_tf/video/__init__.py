@@ -1,1 +1,0 @@
-"""Video support: the clip pipeline (ffmpeg decoding, tf.data clip sampling) and video trunks."""
