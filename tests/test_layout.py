@@ -23,8 +23,8 @@ STAGES = (
     "datasets",  # TFDS builders, loading (name + split -> streams), preparation, manual files
     "tasks",  # the named tasks, one registry (`load_task`)
     "networks",  # the trunks, one registry (`build_trunk`)
-    "mixing",  # the mixing rules: pure tensor functions
-    "rules",  # a package to come, between mixing and training
+    "mixing",  # the maths of mixing: pure tensor functions
+    "rules",  # the mixing rules as objects (GradMix and the baselines), on the maths of `mixing`
     "training",  # GradMixModel and its train step
     "callbacks",  # checkpoints, mixing summaries, pseudo-labels
     "export",  # SavedModel export and prediction
