@@ -1,0 +1,128 @@
+"""Mixing rules as objects, and the options declared once (`GradMixOptions`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+from test_gradmix_model import OTHER_CLASSES, TARGET_CLASSES, make_model, random_batch
+
+from configs import digits
+from gradmix_tf import rules
+from gradmix_tf.rules import Mix, MixingRule, register_rule
+from gradmix_tf.training.gradmix_model import GradMixModel
+from gradmix_tf.training.options import GradMixOptions
+
+SOURCES = (TARGET_CLASSES, OTHER_CLASSES)
+
+
+def test_every_method_rule_is_registered_and_chosen_once():
+    assert set(rules.RULES) == {
+        "gradmix",
+        "uniform",
+        "pretrain_finetune",
+        "example_reweighting",
+        "pcgrad",
+    }
+    for name, cls in rules.RULES.items():
+        options = GradMixOptions(mixing=name, pretrain_steps=1)
+        rule = rules.make_rule(options)
+        assert isinstance(rule, cls) and rule.name == name and rule.options is options
+    model = make_model(SOURCES, mixing="pcgrad")
+    assert type(model.rule) is rules.RULES["pcgrad"]
+
+
+def test_an_unknown_rule_names_the_known_ones():
+    with pytest.raises(ValueError, match="mixing must be one of .*'gradmix'.*got 'gradmx'"):
+        GradMixOptions(mixing="gradmx")
+
+
+def test_a_new_rule_is_one_class_and_a_name():
+    """A rule registered in its own module is selectable as `mixing=name`, nothing else."""
+
+    @register_rule("test_half")
+    class HalfRule(MixingRule):
+        def stream_mix(self, model, streams, target, stream_grads, target_grads):
+            shape = [len(stream_grads), model.num_mixing_layers]
+            return Mix(tf.fill(shape, 0.5), self.options.target_weight)
+
+    try:
+        model = make_model(SOURCES, mixing="test_half")
+        tf.function(model.train_step)(random_batch(SOURCES))
+        np.testing.assert_array_equal(model.mixing_weights.numpy(), 0.5)
+        with pytest.raises(ValueError, match="registered already"):
+            register_rule("test_half")(HalfRule)
+    finally:
+        del rules.RULES["test_half"]
+
+
+def test_pretrain_finetune_with_no_labelled_target_weight_stays_finite():
+    """lambda_T = 0 once gave NaN head gradients (the phase was recovered by a division)."""
+    model = make_model(SOURCES, mixing="pretrain_finetune", pretrain_steps=1, target_weight=0.0)
+    head = model.heads[1].kernel
+    step = tf.function(model.train_step)
+    before = head.numpy()
+    step(random_batch(SOURCES, seed=0))  # pre-training: the source head trains
+    pretrained = head.numpy()
+    assert np.isfinite(pretrained).all() and np.abs(pretrained - before).max() > 0
+    step(random_batch(SOURCES, seed=1))  # fine-tuning: the source head rests
+    np.testing.assert_array_equal(head.numpy(), pretrained)
+    assert all(np.isfinite(v.numpy()).all() for v in model.trainable_variables)
+
+
+def test_options_from_the_config_cover_every_field():
+    config = digits.get_config()
+    config.train.steps = 400
+    config.gradmix.pretrain_fraction = 0.25
+    config.gradmix.weight_total = "2.5"  # a command-line override of a string field
+    options = GradMixOptions.from_config(config)
+    assert options.pretrain_steps == 100
+    assert options.weight_total == 2.5
+    assert options.lookahead_step_size is None  # 0 in the config
+    assert options.on_nonfinite == config.train.on_nonfinite
+    assert options.pseudo_label_confidence_weights == config.pseudo_labels.confidence_weights
+    for field in set(GradMixOptions.field_names()) - {
+        "pretrain_steps",
+        "weight_total",
+        "lookahead_step_size",
+        "on_nonfinite",
+        "pseudo_label_confidence_weights",
+    }:
+        assert getattr(options, field) == config.gradmix[field], field
+
+
+def test_a_config_with_an_unknown_gradmix_field_fails():
+    config = digits.get_config()
+    config.gradmix = ml_collections.ConfigDict({**config.gradmix.to_dict(), "mixng": "x"})
+    with pytest.raises(ValueError, match="unknown gradmix option.*mixng"):
+        GradMixOptions.from_config(config)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("r_min", 0.0, "r_min"),
+        ("weight_total", "many", "weight_total"),
+        ("rho_decay", 1.0, "rho_decay"),
+        ("on_nonfinite", "ignore", "on_nonfinite"),
+        ("lookahead_step_size", -1.0, "lookahead_step_size"),
+    ],
+)
+def test_options_check_their_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        GradMixOptions(**{field: value})
+
+
+def test_model_config_is_derived_from_the_options():
+    options = GradMixOptions(mixing="uniform", target_weight=0.5, adaptive_learning_rate=False)
+    model = make_model(SOURCES, options=options)
+    assert model.options == options
+    config = model.get_config()
+    assert {k: config[k] for k in GradMixOptions.field_names()} == dataclasses.asdict(options)
+    clone = GradMixModel.from_config(config)
+    assert clone.options == options
+    # Keyword arguments replace fields of `options`.
+    assert make_model(SOURCES, options=options, target_weight=2.0).options.target_weight == 2.0
