@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
@@ -93,7 +88,9 @@ def assert_same_state(got, expected, skipped_changes=0):
 
 # ----------------------------------------------------------------------- stop
 @pytest.mark.parametrize(
-    "stream_and_value", [("usps", np.nan), ("target", np.inf), ("pseudo_labels", np.nan)]
+    "stream_and_value",
+    [("usps", np.nan), ("target", np.inf), ("pseudo_labels", np.nan)],
+    ids=["usps_nan", "target_inf", "pseudo_labels_nan"],
 )
 @pytest.mark.parametrize("mode", MODES)
 def test_raises_naming_the_stream_and_the_step(mode, stream_and_value):
@@ -175,7 +172,6 @@ def test_one_replica_mirrored_strategy(on_nonfinite, expected):
     assert fit_under(strategy, on_nonfinite) == expected
 
 
-@pytest.mark.slow  # XLA compiles the whole step on CPU: ~15-30 s
 def test_xla_skips_when_it_cannot_stop():
     """XLA drops asserts: "stop" then skips (and counts) rather than failing to compile."""
     model = make_model((OTHER_CLASSES,), source_names=("usps",))
@@ -280,28 +276,10 @@ def fit_under(strategy, on_nonfinite, bad_example=0):
     return int(model.optimizer.iterations.numpy()), int(model.nonfinite_skipped.numpy()), error
 
 
-_TWO_REPLICAS = textwrap.dedent(
-    """
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import test_numerics
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    # Example 2 of a global batch of 4 is on replica 1 only: replica 0 sees finite data.
-    print("skip", test_numerics.fit_under(strategy, "skip", bad_example=2))
-    print("stop", test_numerics.fit_under(strategy, "stop", bad_example=2))
-    """
-)
+def test_two_replicas_take_the_same_decision(two_replicas):
+    """A NaN on one replica stops or skips the step on both (the flag is all-reduced).
 
-
-@pytest.mark.slow  # a fresh process (TensorFlow import + two fits): ~10-20 s
-def test_two_replicas_take_the_same_decision():
-    """A NaN on one replica stops or skips the step on both (the flag is all-reduced)."""
-    tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
-    result = subprocess.run(
-        [sys.executable, "-c", _TWO_REPLICAS], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "skip (2, 1, '')" in result.stdout, result.stdout
-    assert "stop (1, 0, 'usps at training step 2')" in result.stdout, result.stdout
+    Example 2 of a global batch of 4 is on replica 1 only: replica 0 sees finite data.
+    """
+    assert fit_under(two_replicas, "skip", bad_example=2) == (2, 1, "")
+    assert fit_under(two_replicas, "stop", bad_example=2) == (1, 0, "usps at training step 2")
