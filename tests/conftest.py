@@ -15,6 +15,7 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import keras  # noqa: E402
 import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from tensorflow.python.framework import config as tf_config  # noqa: E402
 
 tf.get_logger().setLevel("ERROR")
 
@@ -50,6 +51,11 @@ def smoke_workdir(tmp_path_factory) -> str:
     from gradmix_tf import experiment
 
     workdir = str(tmp_path_factory.mktemp("smoke") / "run")
+    deterministic = tf_config.is_op_determinism_enabled()
     experiment.train_and_evaluate(digits_config.get_config("smoke"), workdir)
+    # The run turns on op determinism (train.deterministic) for the whole process, and Keras
+    # then silently compiles without XLA: leave the process as the other tests expect it.
+    if not deterministic:
+        tf_config.disable_op_determinism()
     keras.backend.clear_session()
     return workdir

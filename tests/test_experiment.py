@@ -152,6 +152,7 @@ def test_target_only_model_has_no_streams():
     assert model.mixing_weights.shape[0] == 0
 
 
+@pytest.mark.slow  # a fresh process (launch.train's representative test is in test_launchers)
 def test_config_typo_fails_fast_and_names_the_field(tmp_path):
     """`--config.train.stepz=3` is rejected by the flag parser, before any work is done."""
     workdir = tmp_path / "run"
