@@ -40,12 +40,23 @@ def two_replicas() -> tf.distribute.MirroredStrategy:
     return strategy
 
 
+def _files_of(directory: str) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every file under `directory`, by relative path."""
+    files = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            stat = os.stat(path)
+            files[os.path.relpath(path, directory)] = (stat.st_size, stat.st_mtime_ns)
+    return files
+
+
 @pytest.fixture(scope="session")
-def smoke_workdir(tmp_path_factory) -> str:
+def smoke_workdir(tmp_path_factory):
     """The work directory of one finished `configs/digits.py:smoke` run (30 steps).
 
     Shared by every test of the session that needs a finished run: read it, never write
-    it (`shutil.copytree` it to `tmp_path` first).
+    it (`shutil.copytree` it to `tmp_path` first); the session checks that at its end.
     """
     from configs import digits as digits_config
     from gradmix_tf import experiment
@@ -58,4 +69,6 @@ def smoke_workdir(tmp_path_factory) -> str:
     if not deterministic:
         tf_config.disable_op_determinism()
     keras.backend.clear_session()
-    return workdir
+    files = _files_of(workdir)
+    yield workdir
+    assert _files_of(workdir) == files, "a test changed the shared smoke work directory"

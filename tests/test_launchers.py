@@ -113,9 +113,12 @@ def test_mixing_weights_history(workdir, results):
     assert last == pytest.approx(results["mixing_weights"], abs=1e-6)
 
 
-def test_evaluate_reproduces_the_test_accuracy(workdir, results):
-    completed = run("launch.evaluate", f"--workdir={workdir}")
+def test_evaluate_reproduces_the_test_accuracy(workdir, results, tmp_path):
+    copy = str(tmp_path / "run")  # evaluate writes evaluation.json into the work directory
+    shutil.copytree(workdir, copy)
+    completed = run("launch.evaluate", f"--workdir={copy}")
     assert completed.returncode == 0, output_of(completed)
+    assert os.path.isfile(os.path.join(copy, "evaluation.json"))
     evaluation = json.loads(completed.stdout)
     assert evaluation["step"] == SMOKE_STEPS
     assert evaluation["target_test_accuracy"] == pytest.approx(
