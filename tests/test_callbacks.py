@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -477,26 +474,6 @@ def test_callbacks_under_mirrored_strategy_one_replica(tmp_path, ema_decay):
     _fit_under(tf.distribute.MirroredStrategy(["/cpu:0"]), str(tmp_path / "tb"), ema_decay)
 
 
-_TWO_REPLICAS = textwrap.dedent(
-    """
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import test_callbacks
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    test_callbacks._fit_under(strategy, {log_dir!r} + "_plain")
-    test_callbacks._fit_under(strategy, {log_dir!r} + "_ema", ema_decay=0.5)
-    print("OK")
-    """
-)
-
-
-@pytest.mark.slow  # a fresh process (TensorFlow import + fit): ~10-25 s
-def test_callbacks_under_mirrored_strategy_two_replicas(tmp_path):
-    tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
-    script = _TWO_REPLICAS.format(log_dir=str(tmp_path / "tb"))
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]
+def test_callbacks_under_mirrored_strategy_two_replicas(tmp_path, two_replicas):
+    _fit_under(two_replicas, str(tmp_path / "tb_plain"))
+    _fit_under(two_replicas, str(tmp_path / "tb_ema"), ema_decay=0.5)

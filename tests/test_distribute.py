@@ -1,17 +1,13 @@
 """Distributed GradMix: one replica and two replicas train the same model.
 
-Two replicas are a MirroredStrategy on one CPU split into two logical devices,
-which must be configured before TensorFlow runs any op: those runs happen in
-a fresh Python process (`_run_in_subprocess`). The in-process tests cover the
-strategy factory, the chief and the options.
+Two replicas are a MirroredStrategy on the two logical CPU devices that
+tests/conftest.py configures before TensorFlow runs any op (the `two_replicas`
+fixture). The other tests cover the strategy factory, the chief and the options.
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -78,64 +74,30 @@ def fit_under(strategy, mixing: str) -> dict:
     }
 
 
-def _run_in_subprocess(script: str, timeout: int = 120) -> str:
-    tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
-    result = subprocess.run(
-        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-_ONE_VS_TWO = textwrap.dedent(
-    """
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import test_distribute
-    from gradmix_tf import distribute
-
-    for mixing in MIXINGS:
-        one = test_distribute.fit_under(tf.distribute.get_strategy(), mixing)
-        two = test_distribute.fit_under(distribute.make_strategy("mirrored"), mixing)
-        assert (one["replicas"], two["replicas"]) == (1, 2), (one["replicas"], two["replicas"])
-        assert one["steps"] == two["steps"] == test_distribute.STEPS
-        assert one["mixing_weights"].shape == (test_distribute.STEPS, 3, 3)
-        if mixing == "gradmix":  # GradMix weights something else than 1 and 0
-            assert 0.05 < one["mixing_weights"].std(), one["mixing_weights"]
-        np.testing.assert_allclose(two["mixing_weights"], one["mixing_weights"], atol=1e-5)
-        assert one["variables"].keys() == two["variables"].keys()
-        for path, value in one["variables"].items():
-            np.testing.assert_allclose(two["variables"][path], value, atol=1e-5, err_msg=path)
-        moved = max(np.abs(v - w).max() for v, w in zip(one["variables"].values(),
-                    test_distribute.initial_variables().values()))
-        assert moved > 1e-3, moved  # training changed the weights
-        print(mixing, "OK", float(one["mixing_weights"].std()), float(moved))
-    """
-)
-
-
 def initial_variables() -> dict:
     model = make_model(SOURCES, num_unlabelled=NUM_UNLABELLED)
     return {v.path: v.numpy() for v in model.trainable_variables}
 
 
-@pytest.mark.slow  # a fresh process (TensorFlow import + four short fits): ~15 s
-def test_one_and_two_replicas_train_the_same_model():
-    """Same global batch and seed: the same mixing weights at every step and the
-    same variables after 4 steps, for GradMix and for joint training (uniform)."""
-    stdout = _run_in_subprocess(_ONE_VS_TWO.replace("MIXINGS", '("gradmix", "uniform")'))
-    assert "gradmix OK" in stdout and "uniform OK" in stdout, stdout
-
-
-@pytest.mark.slow
-def test_one_and_two_replicas_train_the_same_model_with_pcgrad():
-    """PCGrad, run on the Gram matrix of the global gradients, gives the same
-    answer on two replicas (example reweighting is one-device only)."""
-    stdout = _run_in_subprocess(_ONE_VS_TWO.replace("MIXINGS", '("pcgrad",)'), timeout=240)
-    assert "pcgrad OK" in stdout, stdout
+@pytest.mark.parametrize("mixing", ["gradmix", "uniform", "pcgrad"])
+def test_one_and_two_replicas_train_the_same_model(two_replicas, mixing):
+    """Same global batch and seed: the same mixing weights at every step and the same
+    variables after 4 steps, for GradMix, joint training (uniform) and PCGrad (run on the
+    Gram matrix of the global gradients; example reweighting is one-device only)."""
+    one = fit_under(tf.distribute.get_strategy(), mixing)
+    two = fit_under(two_replicas, mixing)
+    assert (one["replicas"], two["replicas"]) == (1, 2)
+    assert one["steps"] == two["steps"] == STEPS
+    assert one["mixing_weights"].shape == (STEPS, 3, 3)
+    if mixing == "gradmix":  # GradMix weights something else than 1 and 0
+        assert 0.05 < one["mixing_weights"].std(), one["mixing_weights"]
+    np.testing.assert_allclose(two["mixing_weights"], one["mixing_weights"], atol=1e-5)
+    assert one["variables"].keys() == two["variables"].keys()
+    for path, value in one["variables"].items():
+        np.testing.assert_allclose(two["variables"][path], value, atol=1e-5, err_msg=path)
+    initial = initial_variables().values()
+    moved = max(np.abs(v - w).max() for v, w in zip(one["variables"].values(), initial))
+    assert moved > 1e-3, moved  # training changed the weights
 
 
 # ----------------------------------------------------------------- in-process
@@ -144,6 +106,8 @@ def test_make_strategy():
     mirrored = distribute.make_strategy("mirrored", devices=["/cpu:0"])
     assert isinstance(mirrored, tf.distribute.MirroredStrategy)
     assert mirrored.num_replicas_in_sync == 1
+    # Without devices: every local device, here the two logical CPUs of tests/conftest.py.
+    assert distribute.make_strategy("mirrored").num_replicas_in_sync == 2
     assert distribute.is_chief(mirrored) and distribute.is_chief()
     with pytest.raises(ValueError, match="distribute must be one of"):
         distribute.make_strategy("horovod")

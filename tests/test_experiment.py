@@ -8,8 +8,7 @@ import sys
 import time
 
 import numpy as np
-import tensorflow as tf
-from absl.testing import parameterized
+import pytest
 
 from configs import digits as digits_config
 from gradmix_tf import experiment
@@ -27,124 +26,133 @@ def smoke_config(method: str = "gradmix"):
     return config
 
 
-class ResolveConfigTest(tf.test.TestCase, parameterized.TestCase):
-    def test_gradmix_keeps_the_config(self):
-        config = smoke_config("gradmix")
-        self.assertEqual(experiment.resolve_config(config).to_dict(), config.to_dict())
+# ------------------------------------------------------------- resolve config
+def test_gradmix_keeps_the_config():
+    config = smoke_config("gradmix")
+    assert experiment.resolve_config(config).to_dict() == config.to_dict()
 
-    def test_joint_mixes_uniformly(self):
-        resolved = experiment.resolve_config(smoke_config("joint"))
-        self.assertEqual(resolved.gradmix.mixing, "uniform")
-        self.assertFalse(resolved.gradmix.adaptive_learning_rate)
-        self.assertFalse(resolved.pseudo_labels.enabled)
-        self.assertTrue(resolved.data.use_sources)
-        self.assertEqual(resolved.data.shots_per_class, SMOKE_SHOTS)
 
-    def test_target_only_drops_the_sources(self):
-        resolved = experiment.resolve_config(smoke_config("target_only"))
-        self.assertFalse(resolved.data.use_sources)
-        self.assertFalse(resolved.pseudo_labels.enabled)
-        self.assertEqual(resolved.data.shots_per_class, SMOKE_SHOTS)
+def test_joint_mixes_uniformly():
+    resolved = experiment.resolve_config(smoke_config("joint"))
+    assert resolved.gradmix.mixing == "uniform"
+    assert not resolved.gradmix.adaptive_learning_rate
+    assert not resolved.pseudo_labels.enabled
+    assert resolved.data.use_sources
+    assert resolved.data.shots_per_class == SMOKE_SHOTS
 
-    def test_oracle_labels_the_whole_pool(self):
-        resolved = experiment.resolve_config(smoke_config("oracle"))
-        self.assertFalse(resolved.data.use_sources)
-        self.assertEqual(resolved.data.shots_per_class, 0)
-        self.assertFalse(resolved.pseudo_labels.enabled)
 
-    def test_returns_a_copy(self):
-        config = smoke_config("oracle")
+def test_target_only_drops_the_sources():
+    resolved = experiment.resolve_config(smoke_config("target_only"))
+    assert not resolved.data.use_sources
+    assert not resolved.pseudo_labels.enabled
+    assert resolved.data.shots_per_class == SMOKE_SHOTS
+
+
+def test_oracle_labels_the_whole_pool():
+    resolved = experiment.resolve_config(smoke_config("oracle"))
+    assert not resolved.data.use_sources
+    assert resolved.data.shots_per_class == 0
+    assert not resolved.pseudo_labels.enabled
+
+
+def test_returns_a_copy():
+    config = smoke_config("oracle")
+    experiment.resolve_config(config)
+    assert config.data.use_sources
+    assert config.data.shots_per_class == SMOKE_SHOTS
+
+
+def test_unknown_method_raises():
+    with pytest.raises(ValueError, match="unknown method 'gradmixx'; known methods: .*joint"):
+        experiment.resolve_config(smoke_config("gradmixx"))
+
+
+def test_unknown_trunk_raises():
+    config = smoke_config()
+    config.model.trunk = "resnet"
+    with pytest.raises(ValueError, match="unknown trunk 'resnet'; known trunks: .*small_cnn"):
         experiment.resolve_config(config)
-        self.assertTrue(config.data.use_sources)
-        self.assertEqual(config.data.shots_per_class, SMOKE_SHOTS)
-
-    def test_unknown_method_raises(self):
-        with self.assertRaisesRegex(
-            ValueError, "unknown method 'gradmixx'; known methods: .*joint"
-        ):
-            experiment.resolve_config(smoke_config("gradmixx"))
-
-    def test_unknown_trunk_raises(self):
-        config = smoke_config()
-        config.model.trunk = "resnet"
-        with self.assertRaisesRegex(
-            ValueError, "unknown trunk 'resnet'; known trunks: .*small_cnn"
-        ):
-            experiment.resolve_config(config)
-
-    @parameterized.product(
-        field=("batch_size", "steps", "steps_per_epoch", "checkpoint_every_steps"),
-        value=(0, -1),
-    )
-    def test_non_positive_train_fields_raise(self, field, value):
-        config = smoke_config()
-        config.train[field] = value
-        with self.assertRaisesRegex(ValueError, f"train.{field} must be positive, got {value}"):
-            experiment.resolve_config(config)
-
-    def test_negative_shots_raise(self):
-        config = smoke_config()
-        config.data.shots_per_class = -1
-        with self.assertRaisesRegex(ValueError, "shots_per_class must be >= 0"):
-            experiment.resolve_config(config)
 
 
-class BuildTest(tf.test.TestCase):
-    """build_data / build_model on the smoke config (20 images a class in every part)."""
-
-    def build_data(self, method):
-        return experiment.build_data(experiment.resolve_config(smoke_config(method)))
-
-    def test_gradmix_data(self):
-        data = self.build_data("gradmix")
-        self.assertEqual([s.name for s in data.sources], list(digits.SOURCE_STREAMS))
-        self.assertEqual(data.target.labelled.size, 10 * SMOKE_SHOTS)
-        self.assertEqual(data.target.unlabelled.size, 10 * (SMOKE_PER_CLASS - SMOKE_SHOTS))
-        self.assertEqual(data.target.test.size, 10 * SMOKE_PER_CLASS)
-
-    def test_target_only_has_no_sources(self):
-        data = self.build_data("target_only")
-        self.assertEqual(data.sources, [])
-        self.assertEqual(data.target.labelled.size, 10 * SMOKE_SHOTS)
-        self.assertIsNotNone(data.target.unlabelled)
-        self.assertEqual(data.train_dataset(4, seed=0).element_spec["sources"], ())
-
-    def test_oracle_has_no_unlabelled_set(self):
-        data = self.build_data("oracle")
-        self.assertEqual(data.sources, [])
-        self.assertIsNone(data.target.unlabelled)
-        self.assertEqual(data.target.labelled.size, 10 * SMOKE_PER_CLASS)
-
-    def test_gradmix_model_is_compiled_with_matching_streams(self):
-        config = experiment.resolve_config(smoke_config("gradmix"))
-        data = experiment.build_data(config)
-        model = experiment.build_model(config, data)
-        self.assertTrue(model.built)
-        self.assertTrue(model.compiled)
-        self.assertTrue(model.optimizer.built)
-        self.assertEqual(model.stream_names, (*[s.name for s in data.sources], PSEUDO_LABEL_STREAM))
-        self.assertEqual(model.num_unlabelled, data.target.unlabelled.size)
-        self.assertEqual(model.target_class_names, data.target_class_names)
-        self.assertEqual(model.mixing_weights.shape[0], len(model.stream_names))
-        probabilities = model.predict(np.zeros((2, *digits.IMAGE_SHAPE), np.float32), verbose=0)
-        self.assertEqual(probabilities.shape, (2, 10))
-        self.assertAllClose(probabilities.sum(axis=1), [1.0, 1.0], atol=1e-5)
-
-    def test_joint_model_mixes_uniformly_without_pseudo_labels(self):
-        config = experiment.resolve_config(smoke_config("joint"))
-        data = experiment.build_data(config)
-        model = experiment.build_model(config, data)
-        self.assertEqual(model.options.mixing, "uniform")
-        self.assertEqual(model.stream_names, digits.SOURCE_STREAMS)
-        self.assertEqual(model.num_unlabelled, 0)
-
-    def test_target_only_model_has_no_streams(self):
-        config = experiment.resolve_config(smoke_config("target_only"))
-        model = experiment.build_model(config, experiment.build_data(config))
-        self.assertEqual(model.stream_names, ())
-        self.assertEqual(model.mixing_weights.shape[0], 0)
+@pytest.mark.parametrize("value", (0, -1))
+@pytest.mark.parametrize(
+    "field", ("batch_size", "steps", "steps_per_epoch", "checkpoint_every_steps")
+)
+def test_non_positive_train_fields_raise(field, value):
+    config = smoke_config()
+    config.train[field] = value
+    with pytest.raises(ValueError, match=f"train.{field} must be positive, got {value}"):
+        experiment.resolve_config(config)
 
 
+def test_negative_shots_raise():
+    config = smoke_config()
+    config.data.shots_per_class = -1
+    with pytest.raises(ValueError, match="shots_per_class must be >= 0"):
+        experiment.resolve_config(config)
+
+
+# --------------------------- build_data / build_model (20 images a class in every part)
+def build_data(method):
+    return experiment.build_data(experiment.resolve_config(smoke_config(method)))
+
+
+def test_gradmix_data():
+    data = build_data("gradmix")
+    assert [s.name for s in data.sources] == list(digits.SOURCE_STREAMS)
+    assert data.target.labelled.size == 10 * SMOKE_SHOTS
+    assert data.target.unlabelled.size == 10 * (SMOKE_PER_CLASS - SMOKE_SHOTS)
+    assert data.target.test.size == 10 * SMOKE_PER_CLASS
+
+
+def test_target_only_has_no_sources():
+    data = build_data("target_only")
+    assert data.sources == []
+    assert data.target.labelled.size == 10 * SMOKE_SHOTS
+    assert data.target.unlabelled is not None
+    assert data.train_dataset(4, seed=0).element_spec["sources"] == ()
+
+
+def test_oracle_has_no_unlabelled_set():
+    data = build_data("oracle")
+    assert data.sources == []
+    assert data.target.unlabelled is None
+    assert data.target.labelled.size == 10 * SMOKE_PER_CLASS
+
+
+def test_gradmix_model_is_compiled_with_matching_streams():
+    config = experiment.resolve_config(smoke_config("gradmix"))
+    data = experiment.build_data(config)
+    model = experiment.build_model(config, data)
+    assert model.built
+    assert model.compiled
+    assert model.optimizer.built
+    assert model.stream_names == (*[s.name for s in data.sources], PSEUDO_LABEL_STREAM)
+    assert model.num_unlabelled == data.target.unlabelled.size
+    assert model.target_class_names == data.target_class_names
+    assert model.mixing_weights.shape[0] == len(model.stream_names)
+    probabilities = model.predict(np.zeros((2, *digits.IMAGE_SHAPE), np.float32), verbose=0)
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), [1.0, 1.0], rtol=1e-6, atol=1e-5)
+
+
+def test_joint_model_mixes_uniformly_without_pseudo_labels():
+    config = experiment.resolve_config(smoke_config("joint"))
+    data = experiment.build_data(config)
+    model = experiment.build_model(config, data)
+    assert model.options.mixing == "uniform"
+    assert model.stream_names == digits.SOURCE_STREAMS
+    assert model.num_unlabelled == 0
+
+
+def test_target_only_model_has_no_streams():
+    config = experiment.resolve_config(smoke_config("target_only"))
+    model = experiment.build_model(config, experiment.build_data(config))
+    assert model.stream_names == ()
+    assert model.mixing_weights.shape[0] == 0
+
+
+@pytest.mark.slow  # a fresh process (launch.train's representative test is in test_launchers)
 def test_config_typo_fails_fast_and_names_the_field(tmp_path):
     """`--config.train.stepz=3` is rejected by the flag parser, before any work is done."""
     workdir = tmp_path / "run"

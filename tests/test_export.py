@@ -198,3 +198,18 @@ def test_predict_files_without_files_raises(exported):
     _, path, _ = exported
     with pytest.raises(ValueError, match="no image files"):
         predict_files(path, [])
+
+
+def test_the_export_of_a_real_run_ranks_its_classes(smoke_workdir, image_files):
+    """The export of the session's smoke run (digits, 32x32 colour) on other-sized files."""
+    path = os.path.join(smoke_workdir, "export")
+    serve, metadata = load_exported(path)
+    assert len(metadata["class_names"]) == 10
+    predictions = predict_files(path, list(image_files), top_k=3)
+    images = np.stack([load_image(p, tuple(metadata["input_shape"])) for p in image_files])
+    probabilities = serve(images).numpy()
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    for classes, row in zip(predictions, probabilities):
+        expected = np.argsort(-row)[:3]
+        assert [name for name, _ in classes] == [metadata["class_names"][i] for i in expected]
+        np.testing.assert_allclose([p for _, p in classes], row[expected], atol=1e-6)

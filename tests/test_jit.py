@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tensorflow as tf
-from absl.testing import parameterized
 from test_gradmix_model import OTHER_CLASSES, TARGET_CLASSES, make_model, random_batch
 
 from gradmix_tf.mixing import weights
@@ -28,47 +28,49 @@ def random_products(seed, num_streams=3, num_variables=7):
     )
 
 
-class JitSolveTest(tf.test.TestCase, parameterized.TestCase):
-    @parameterized.product(
-        alignment=weights.ALIGNMENTS,
-        granularity=weights.GRANULARITIES,
-        normalization=weights.NORMALIZATIONS,
-    )
-    def test_jit_solve_equals_the_plain_solve(self, alignment, granularity, normalization):
-        dots, target_sq, stream_sq, layer_ids = random_products(seed=len(alignment + granularity))
-        options = {
-            "alignment": alignment,
-            "granularity": granularity,
-            "normalization": normalization,
-            "weight_total": 2.0,
-        }
-        plain = weights.solve_mixing_weights(dots, target_sq, stream_sq, layer_ids, 4, **options)
-        jit = weights.solve_mixing_weights_jit(dots, target_sq, stream_sq, layer_ids, 4, **options)
-        self.assertAllClose(jit[0], plain[0], rtol=1e-6, atol=1e-7)
-        self.assertAllClose(jit[1], plain[1], rtol=1e-6, atol=1e-7)
-        self.assertAllEqual(jit[0][-1], tf.zeros([4]))  # no gradient, no weight
-        if normalization == "per_layer":
-            totals = tf.reduce_sum(jit[0], axis=0).numpy()
-            self.assertAllClose(totals[totals > 0], np.full([(totals > 0).sum()], 2.0))
+# ------------------------------------------------------------------ jit solve
+@pytest.mark.parametrize("normalization", weights.NORMALIZATIONS)
+@pytest.mark.parametrize("granularity", weights.GRANULARITIES)
+@pytest.mark.parametrize("alignment", weights.ALIGNMENTS)
+def test_jit_solve_equals_the_plain_solve(alignment, granularity, normalization):
+    dots, target_sq, stream_sq, layer_ids = random_products(seed=len(alignment + granularity))
+    options = {
+        "alignment": alignment,
+        "granularity": granularity,
+        "normalization": normalization,
+        "weight_total": 2.0,
+    }
+    plain = weights.solve_mixing_weights(dots, target_sq, stream_sq, layer_ids, 4, **options)
+    jit = weights.solve_mixing_weights_jit(dots, target_sq, stream_sq, layer_ids, 4, **options)
+    np.testing.assert_allclose(jit[0], plain[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(jit[1], plain[1], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(jit[0][-1], tf.zeros([4]))  # no gradient, no weight
+    if normalization == "per_layer":
+        totals = tf.reduce_sum(jit[0], axis=0).numpy()
+        np.testing.assert_allclose(
+            totals[totals > 0], np.full([(totals > 0).sum()], 2.0), rtol=1e-6, atol=1e-6
+        )
 
-    def test_jit_is_compiled(self):
-        """The XLA version compiles to one XLA program (HLO), not to a TF graph."""
-        dots, target_sq, stream_sq, layer_ids = random_products(seed=0)
-        hlo = weights.solve_mixing_weights_jit.experimental_get_compiler_ir(
-            dots, target_sq, stream_sq, layer_ids, 4, "dot", "layer", "per_layer", 1.0
-        )(stage="hlo")
-        self.assertIn("HloModule", hlo)
 
-    def test_model_with_jit_solve_takes_the_same_step(self):
-        plain = make_model(SOURCES, seed=3)
-        jit = make_model(SOURCES, seed=3, jit_mixing_weights=True)
-        self.assertTrue(GradMixModel.from_config(jit.get_config()).options.jit_mixing_weights)
-        for seed in range(3):
-            data = random_batch(SOURCES, seed=seed)
-            plain_logs = tf.function(plain.train_step)(data)
-            jit_logs = tf.function(jit.train_step)(data)
-            self.assertAllClose(jit.mixing_weights, plain.mixing_weights, atol=1e-6)
-            self.assertAllClose(jit_logs["rho"], plain_logs["rho"], atol=1e-6)
-        self.assertGreater(float(tf.math.reduce_std(plain.mixing_weights)), 0.01)
-        for got, expected in zip(jit.trainable_variables, plain.trainable_variables):
-            self.assertAllClose(got, expected, atol=1e-6, msg=got.path)
+def test_jit_is_compiled():
+    """The XLA version compiles to one XLA program (HLO), not to a TF graph."""
+    dots, target_sq, stream_sq, layer_ids = random_products(seed=0)
+    hlo = weights.solve_mixing_weights_jit.experimental_get_compiler_ir(
+        dots, target_sq, stream_sq, layer_ids, 4, "dot", "layer", "per_layer", 1.0
+    )(stage="hlo")
+    assert "HloModule" in hlo
+
+
+def test_model_with_jit_solve_takes_the_same_step():
+    plain = make_model(SOURCES, seed=3)
+    jit = make_model(SOURCES, seed=3, jit_mixing_weights=True)
+    assert GradMixModel.from_config(jit.get_config()).options.jit_mixing_weights
+    for seed in range(3):
+        data = random_batch(SOURCES, seed=seed)
+        plain_logs = tf.function(plain.train_step)(data)
+        jit_logs = tf.function(jit.train_step)(data)
+        np.testing.assert_allclose(jit.mixing_weights, plain.mixing_weights, rtol=1e-6, atol=1e-6)
+        np.testing.assert_allclose(jit_logs["rho"], plain_logs["rho"], rtol=1e-6, atol=1e-6)
+    assert float(tf.math.reduce_std(plain.mixing_weights)) > 0.01
+    for got, expected in zip(jit.trainable_variables, plain.trainable_variables):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6, err_msg=got.path)

@@ -1,7 +1,9 @@
 """End-to-end tests of the launchers (`launch/train.py`, `evaluate.py`, `predict.py`).
 
-One smoke run (`configs/digits.py:smoke`, 30 steps) is shared by every test of
-the module; each launcher runs as a subprocess, as a user would run it.
+The session's one smoke run (`configs/digits.py:smoke`, 30 steps, the `smoke_workdir`
+fixture of tests/conftest.py, trained in process by `experiment.train_and_evaluate`, what
+`launch.train` runs) is shared by every test of the module. Each launcher runs once as a
+subprocess, as a user would run it; the other subprocess runs are marked slow.
 """
 
 from __future__ import annotations
@@ -18,8 +20,6 @@ import pytest
 from PIL import Image
 
 from gradmix_tf.tasks import digits
-
-pytestmark = pytest.mark.slow
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_STEPS = 30  # configs/digits.py:smoke's train.steps
@@ -44,12 +44,9 @@ def output_of(completed: subprocess.CompletedProcess) -> str:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory) -> str:
-    """The work directory of one finished smoke run."""
-    path = str(tmp_path_factory.mktemp("smoke") / "run")
-    completed = run("launch.train", "--config=configs/digits.py:smoke", f"--workdir={path}")
-    assert completed.returncode == 0, output_of(completed)
-    return path
+def workdir(smoke_workdir) -> str:
+    """The work directory of one finished smoke run (read only)."""
+    return smoke_workdir
 
 
 @pytest.fixture(scope="module")
@@ -116,9 +113,12 @@ def test_mixing_weights_history(workdir, results):
     assert last == pytest.approx(results["mixing_weights"], abs=1e-6)
 
 
-def test_evaluate_reproduces_the_test_accuracy(workdir, results):
-    completed = run("launch.evaluate", f"--workdir={workdir}")
+def test_evaluate_reproduces_the_test_accuracy(workdir, results, tmp_path):
+    copy = str(tmp_path / "run")  # evaluate writes evaluation.json into the work directory
+    shutil.copytree(workdir, copy)
+    completed = run("launch.evaluate", f"--workdir={copy}")
     assert completed.returncode == 0, output_of(completed)
+    assert os.path.isfile(os.path.join(copy, "evaluation.json"))
     evaluation = json.loads(completed.stdout)
     assert evaluation["step"] == SMOKE_STEPS
     assert evaluation["target_test_accuracy"] == pytest.approx(
@@ -139,6 +139,7 @@ def test_predict_prints_a_class_per_file(workdir, image_files):
         assert 0.0 <= float(probability.rstrip(")")) <= 1.0
 
 
+@pytest.mark.slow  # a fresh process each; predict_files's errors are tested in test_export
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])
 def test_predict_names_an_unreadable_file(workdir, image_files, tmp_path, problem):
     bad = tmp_path / "x.png"

@@ -6,8 +6,8 @@ import math
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
-from absl.testing import parameterized
 
 from gradmix_tf.mixing import adaptive_lr, lookahead, weights
 
@@ -47,161 +47,195 @@ def solve(target=TARGET, streams=(STREAM_A, STREAM_B), layer_ids=LAYER_IDS, **op
     )
 
 
-class ClosedFormTest(tf.test.TestCase, parameterized.TestCase):
-    def test_per_variable_products_by_hand(self):
-        dots, target_sq, stream_sq = weights.per_variable_products(
-            as_tensors(TARGET), [as_tensors(STREAM_A), as_tensors(STREAM_B)]
-        )
-        self.assertAllClose(dots, [[1.0, 1.0, 2.0], [4.0, 1.0, -2.0]])
-        self.assertAllClose(target_sq, [5.0, 1.0, 4.0])
-        self.assertAllClose(stream_sq, [[1.0, 1.0, 2.0], [4.0, 1.0, 2.0]])
+# ---------------------------------------------------------------- closed form
+def test_per_variable_products_by_hand():
+    dots, target_sq, stream_sq = weights.per_variable_products(
+        as_tensors(TARGET), [as_tensors(STREAM_A), as_tensors(STREAM_B)]
+    )
+    np.testing.assert_allclose(dots, [[1.0, 1.0, 2.0], [4.0, 1.0, -2.0]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(target_sq, [5.0, 1.0, 4.0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(stream_sq, [[1.0, 1.0, 2.0], [4.0, 1.0, 2.0]], rtol=1e-6, atol=1e-6)
 
-    def test_layer_sums(self):
-        per_variable = tf.constant([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
-        summed = weights.layer_sums(per_variable, tf.constant([0, 1, 0, 2]), 3)
-        self.assertAllClose(summed, [[4.0, 2.0, 4.0], [12.0, 6.0, 8.0]])
-        self.assertAllClose(weights.layer_sums(per_variable[0], [0, 1, 0, 2], 3), [4, 2, 4])
 
-    @parameterized.named_parameters(
+def test_layer_sums():
+    per_variable = tf.constant([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+    summed = weights.layer_sums(per_variable, tf.constant([0, 1, 0, 2]), 3)
+    np.testing.assert_allclose(summed, [[4.0, 2.0, 4.0], [12.0, 6.0, 8.0]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        weights.layer_sums(per_variable[0], [0, 1, 0, 2], 3), [4, 2, 4], rtol=1e-6, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    "granularity, normalization, weight_total, expected",
+    [
         # layer 0: w~ = (2, 5) / 7; layer 1: w~ = (2, 0) / 2.
-        ("per_layer", "layer", "per_layer", 1.0, [[2 / 7, 1.0], [5 / 7, 0.0]]),
-        ("per_layer_total_2", "layer", "per_layer", 2.0, [[4 / 7, 2.0], [10 / 7, 0.0]]),
+        pytest.param("layer", "per_layer", 1.0, [[2 / 7, 1.0], [5 / 7, 0.0]], id="per_layer"),
+        pytest.param(
+            "layer", "per_layer", 2.0, [[4 / 7, 2.0], [10 / 7, 0.0]], id="per_layer_total_2"
+        ),
         # all (s, l): w~ / 9, times L = 2 so the mean per-layer sum is 1.
-        ("all", "layer", "all", 1.0, [[4 / 9, 4 / 9], [10 / 9, 0.0]]),
-        ("all_total_3", "layer", "all", 3.0, [[12 / 9, 12 / 9], [30 / 9, 0.0]]),
+        pytest.param("layer", "all", 1.0, [[4 / 9, 4 / 9], [10 / 9, 0.0]], id="all"),
+        pytest.param("layer", "all", 3.0, [[12 / 9, 12 / 9], [30 / 9, 0.0]], id="all_total_3"),
         # none: w~ = max(u, 0) as is, whatever the total.
-        ("none", "layer", "none", 5.0, [[2.0, 2.0], [5.0, 0.0]]),
+        pytest.param("layer", "none", 5.0, [[2.0, 2.0], [5.0, 0.0]], id="none"),
         # stream: u summed over layers, A: 4, B: 3 -> (4, 3) / 7 in every layer.
-        ("stream", "stream", "per_layer", 1.0, [[4 / 7, 4 / 7], [3 / 7, 3 / 7]]),
-        ("stream_all", "stream", "all", 1.0, [[4 / 7, 4 / 7], [3 / 7, 3 / 7]]),
-        ("stream_none", "stream", "none", 1.0, [[4.0, 4.0], [3.0, 3.0]]),
+        pytest.param("stream", "per_layer", 1.0, [[4 / 7, 4 / 7], [3 / 7, 3 / 7]], id="stream"),
+        pytest.param("stream", "all", 1.0, [[4 / 7, 4 / 7], [3 / 7, 3 / 7]], id="stream_all"),
+        pytest.param("stream", "none", 1.0, [[4.0, 4.0], [3.0, 3.0]], id="stream_none"),
+    ],
+)
+def test_weights_by_hand(granularity, normalization, weight_total, expected):
+    mixing_weights, u = solve(
+        granularity=granularity, normalization=normalization, weight_total=weight_total
     )
-    def test_weights_by_hand(self, granularity, normalization, weight_total, expected):
+    np.testing.assert_allclose(mixing_weights, expected, rtol=1e-6, atol=1e-6)
+    hand_u = np.array(HAND_U)
+    if granularity == "stream":
+        hand_u = np.tile(hand_u.sum(axis=1, keepdims=True), [1, 2])
+    np.testing.assert_allclose(u, hand_u, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "normalization, weight_total",
+    [
+        pytest.param("per_layer", 1.0, id="per_layer"),
+        pytest.param("per_layer", 2, id="per_layer_num_streams"),
+        pytest.param("all", 1.0, id="all"),
+        pytest.param("all", 2, id="all_num_streams"),
+    ],
+)
+def test_weight_total_is_the_per_layer_sum(normalization, weight_total):
+    """per_layer: every layer with a positive u sums to the total; all: their mean does."""
+    mixing_weights, _ = solve(normalization=normalization, weight_total=weight_total)
+    layer_totals = tf.reduce_sum(mixing_weights, axis=0)
+    if normalization == "per_layer":
+        np.testing.assert_allclose(layer_totals, [weight_total] * 2, rtol=1e-6, atol=1e-6)
+    else:
+        np.testing.assert_allclose(tf.reduce_mean(layer_totals), weight_total, rtol=1e-6, atol=1e-6)
+
+
+def test_negative_alignment_gets_zero_weight():
+    anti_target = [[-x for x in g] for g in TARGET]
+    mixing_weights, u = solve(streams=(TARGET, anti_target))
+    np.testing.assert_allclose(u, [[6.0, 4.0], [-6.0, -4.0]], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mixing_weights, [[1.0, 1.0], [0.0, 0.0]], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalization", ["per_layer", "all", "none"])
+@pytest.mark.parametrize("granularity", ["layer", "stream"])
+@pytest.mark.parametrize("alignment", ["dot", "cosine"])
+def test_zero_rows_and_columns_give_zero_not_nan(alignment, granularity, normalization):
+    zero = [[0.0, 0.0], [0.0], [0.0, 0.0]]
+    no_layer_1 = [[1.0, 0.0], [1.0], [0.0, 0.0]]
+    cases = {
+        "all zero": (zero, (zero, zero)),
+        "zero target": (zero, (STREAM_A, STREAM_B)),
+        "zero stream": (TARGET, (zero, STREAM_A)),
+        "zero layer": (no_layer_1, (STREAM_A, STREAM_B)),
+    }
+    for name, (target, streams) in cases.items():
         mixing_weights, u = solve(
-            granularity=granularity, normalization=normalization, weight_total=weight_total
+            target=target,
+            streams=streams,
+            alignment=alignment,
+            granularity=granularity,
+            normalization=normalization,
         )
-        self.assertAllClose(mixing_weights, expected)
-        hand_u = np.array(HAND_U)
-        if granularity == "stream":
-            hand_u = np.tile(hand_u.sum(axis=1, keepdims=True), [1, 2])
-        self.assertAllClose(u, hand_u)
+        np.testing.assert_array_equal(
+            np.isfinite(mixing_weights), np.ones([2, 2], bool), err_msg=name
+        )
+        np.testing.assert_array_equal(np.isfinite(u), np.ones([2, 2], bool), err_msg=name)
+        if name in ("all zero", "zero target"):
+            np.testing.assert_array_equal(mixing_weights, np.zeros([2, 2]), err_msg=name)
+        if name == "zero stream":
+            np.testing.assert_array_equal(mixing_weights[0], [0.0, 0.0], err_msg=name)
+        if name == "zero layer" and granularity == "layer":
+            np.testing.assert_array_equal(mixing_weights[:, 1], [0.0, 0.0], err_msg=name)
 
-    @parameterized.named_parameters(
-        ("per_layer", "per_layer", 1.0),
-        ("per_layer_num_streams", "per_layer", 2),
-        ("all", "all", 1.0),
-        ("all_num_streams", "all", 2),
+
+def test_cosine_by_hand():
+    mixing_weights, u = solve(alignment="cosine")
+    np.testing.assert_allclose(u, HAND_COSINE, rtol=1e-6, atol=1e-6)
+    cos = np.array(HAND_COSINE)
+    expected_layer_0 = cos[:, 0] / cos[:, 0].sum()
+    np.testing.assert_allclose(
+        mixing_weights, np.stack([expected_layer_0, [1.0, 0.0]], axis=1), rtol=1e-6, atol=1e-6
     )
-    def test_weight_total_is_the_per_layer_sum(self, normalization, weight_total):
-        """per_layer: every layer with a positive u sums to the total; all: their mean does."""
-        mixing_weights, _ = solve(normalization=normalization, weight_total=weight_total)
-        layer_totals = tf.reduce_sum(mixing_weights, axis=0)
-        if normalization == "per_layer":
-            self.assertAllClose(layer_totals, [weight_total] * 2)
-        else:
-            self.assertAllClose(tf.reduce_mean(layer_totals), weight_total)
 
-    def test_negative_alignment_gets_zero_weight(self):
-        anti_target = [[-x for x in g] for g in TARGET]
-        mixing_weights, u = solve(streams=(TARGET, anti_target))
-        self.assertAllClose(u, [[6.0, 4.0], [-6.0, -4.0]])
-        self.assertAllClose(mixing_weights, [[1.0, 1.0], [0.0, 0.0]])
 
-    @parameterized.product(
-        alignment=["dot", "cosine"],
-        granularity=["layer", "stream"],
-        normalization=["per_layer", "all", "none"],
+@pytest.mark.parametrize(
+    "target_scale, stream_scale", [(1e-8, 1.0), (1.0, 1e-8), (1e-8, 1e-8), (1e3, 1e-3), (1e9, 1e9)]
+)
+def test_cosine_is_scale_free(target_scale, stream_scale):
+    def scaled(grads, scale):
+        return [[scale * x for x in g] for g in grads]
+
+    streams = (scaled(STREAM_A, stream_scale), scaled(STREAM_B, 1.0))
+    mixing_weights, u = solve(
+        target=scaled(TARGET, target_scale), streams=streams, alignment="cosine"
     )
-    def test_zero_rows_and_columns_give_zero_not_nan(self, alignment, granularity, normalization):
-        zero = [[0.0, 0.0], [0.0], [0.0, 0.0]]
-        no_layer_1 = [[1.0, 0.0], [1.0], [0.0, 0.0]]
-        cases = {
-            "all zero": (zero, (zero, zero)),
-            "zero target": (zero, (STREAM_A, STREAM_B)),
-            "zero stream": (TARGET, (zero, STREAM_A)),
-            "zero layer": (no_layer_1, (STREAM_A, STREAM_B)),
-        }
-        for name, (target, streams) in cases.items():
-            mixing_weights, u = solve(
-                target=target,
-                streams=streams,
-                alignment=alignment,
-                granularity=granularity,
-                normalization=normalization,
-            )
-            self.assertAllEqual(np.isfinite(mixing_weights), np.ones([2, 2], bool), msg=name)
-            self.assertAllEqual(np.isfinite(u), np.ones([2, 2], bool), msg=name)
-            if name in ("all zero", "zero target"):
-                self.assertAllEqual(mixing_weights, np.zeros([2, 2]), msg=name)
-            if name == "zero stream":
-                self.assertAllEqual(mixing_weights[0], [0.0, 0.0], msg=name)
-            if name == "zero layer" and granularity == "layer":
-                self.assertAllEqual(mixing_weights[:, 1], [0.0, 0.0], msg=name)
+    reference_weights, _ = solve(alignment="cosine")
+    np.testing.assert_allclose(u, HAND_COSINE, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(mixing_weights, reference_weights, rtol=1e-5, atol=1e-6)
 
-    def test_cosine_by_hand(self):
-        mixing_weights, u = solve(alignment="cosine")
-        self.assertAllClose(u, HAND_COSINE)
-        cos = np.array(HAND_COSINE)
-        expected_layer_0 = cos[:, 0] / cos[:, 0].sum()
-        self.assertAllClose(mixing_weights, np.stack([expected_layer_0, [1.0, 0.0]], axis=1))
 
-    @parameterized.parameters((1e-8, 1.0), (1.0, 1e-8), (1e-8, 1e-8), (1e3, 1e-3), (1e9, 1e9))
-    def test_cosine_is_scale_free(self, target_scale, stream_scale):
-        def scaled(grads, scale):
-            return [[scale * x for x in g] for g in grads]
-
-        streams = (scaled(STREAM_A, stream_scale), scaled(STREAM_B, 1.0))
-        mixing_weights, u = solve(
-            target=scaled(TARGET, target_scale), streams=streams, alignment="cosine"
-        )
-        reference_weights, _ = solve(alignment="cosine")
-        self.assertAllClose(u, HAND_COSINE, rtol=1e-5)
-        self.assertAllClose(mixing_weights, reference_weights, rtol=1e-5)
-
-    def test_jit_solver_matches_eager(self):
-        dots, target_sq, stream_sq = weights.per_variable_products(
-            as_tensors(TARGET), [as_tensors(STREAM_A), as_tensors(STREAM_B)]
-        )
-        layer_ids = tf.constant(LAYER_IDS, tf.int32)
-        for alignment in weights.ALIGNMENTS:
-            eager = weights.solve_mixing_weights(
-                dots, target_sq, stream_sq, layer_ids, 2, alignment=alignment
-            )
-            jit = weights.solve_mixing_weights_jit(
-                dots, target_sq, stream_sq, layer_ids, 2, alignment=alignment
-            )
-            self.assertAllClose(eager, jit)
-
-    def test_mix_gradients_by_hand(self):
-        mixing_weights, _ = solve()  # [[2/7, 1], [5/7, 0]]
-        mixed = weights.mix_gradients(
-            [as_tensors(STREAM_A), as_tensors(STREAM_B)],
-            mixing_weights,
-            LAYER_IDS,
-            as_tensors(TARGET),
-            target_weight=1.0,
-        )
-        # v0 = 2/7 [1, 0] + 5/7 [0, 2] + [1, 2]; v1 = 2/7 + 5/7 + 1; v2 = [1, 1] + [2, 0].
-        self.assertAllClose(mixed[0], [9 / 7, 24 / 7])
-        self.assertAllClose(mixed[1], [2.0])
-        self.assertAllClose(mixed[2], [3.0, 1.0])
-        without_target = weights.mix_gradients(
-            [as_tensors(STREAM_A)], tf.ones([1, 2]), LAYER_IDS, as_tensors(TARGET), 0.0
-        )
-        for got, expected in zip(without_target, STREAM_A):
-            self.assertAllClose(got, expected)
-
-    @parameterized.parameters(
-        (weights.alignment_scores, (tf.ones([1, 1]), tf.ones([1]), tf.ones([1, 1]), "sine")),
-        (weights.normalize_weights, (tf.ones([1, 1]), "softmax")),
+def test_jit_solver_matches_eager():
+    dots, target_sq, stream_sq = weights.per_variable_products(
+        as_tensors(TARGET), [as_tensors(STREAM_A), as_tensors(STREAM_B)]
     )
-    def test_unknown_options_raise(self, function, args):
-        with self.assertRaisesRegex(ValueError, "must be one of"):
-            function(*args)
+    layer_ids = tf.constant(LAYER_IDS, tf.int32)
+    for alignment in weights.ALIGNMENTS:
+        eager = weights.solve_mixing_weights(
+            dots, target_sq, stream_sq, layer_ids, 2, alignment=alignment
+        )
+        jit = weights.solve_mixing_weights_jit(
+            dots, target_sq, stream_sq, layer_ids, 2, alignment=alignment
+        )
+        np.testing.assert_allclose(eager, jit, rtol=1e-6, atol=1e-6)
 
-    def test_unknown_granularity_raises(self):
-        with self.assertRaisesRegex(ValueError, "granularity must be one of"):
-            solve(granularity="variable")
+
+def test_mix_gradients_by_hand():
+    mixing_weights, _ = solve()  # [[2/7, 1], [5/7, 0]]
+    mixed = weights.mix_gradients(
+        [as_tensors(STREAM_A), as_tensors(STREAM_B)],
+        mixing_weights,
+        LAYER_IDS,
+        as_tensors(TARGET),
+        target_weight=1.0,
+    )
+    # v0 = 2/7 [1, 0] + 5/7 [0, 2] + [1, 2]; v1 = 2/7 + 5/7 + 1; v2 = [1, 1] + [2, 0].
+    np.testing.assert_allclose(mixed[0], [9 / 7, 24 / 7], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mixed[1], [2.0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(mixed[2], [3.0, 1.0], rtol=1e-6, atol=1e-6)
+    without_target = weights.mix_gradients(
+        [as_tensors(STREAM_A)], tf.ones([1, 2]), LAYER_IDS, as_tensors(TARGET), 0.0
+    )
+    for got, expected in zip(without_target, STREAM_A):
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "function, args",
+    [
+        pytest.param(
+            weights.alignment_scores,
+            (tf.ones([1, 1]), tf.ones([1]), tf.ones([1, 1]), "sine"),
+            id="alignment_scores",
+        ),
+        pytest.param(
+            weights.normalize_weights, (tf.ones([1, 1]), "softmax"), id="normalize_weights"
+        ),
+    ],
+)
+def test_unknown_options_raise(function, args):
+    with pytest.raises(ValueError, match="must be one of"):
+        function(*args)
+
+
+def test_unknown_granularity_raises():
+    with pytest.raises(ValueError, match="granularity must be one of"):
+        solve(granularity="variable")
 
 
 def _network_and_gradients():
@@ -251,91 +285,117 @@ def _network_and_gradients():
     )
 
 
-class LookaheadTest(tf.test.TestCase, parameterized.TestCase):
-    @parameterized.parameters(1e-3, 0.1, 1.0)
-    def test_equals_closed_form_at_zero(self, step_size):
-        """The exact meta-gradient at w = 0 is <g_T,l, g_s,l>, for any look-ahead step size."""
-        target_loss, params, target_grads, stream_grads, layer_ids = _network_and_gradients()
-        dots, _, _ = weights.per_variable_products(target_grads, stream_grads)
-        closed_form = weights.layer_sums(dots, tf.constant(layer_ids), 3)  # [3 streams, 3 layers]
-        u, loss = lookahead.lookahead_alignment(
-            target_loss, params, stream_grads, layer_ids, tf.zeros([3, 3]), step_size
-        )
-        self.assertAllClose(u, closed_form, rtol=1e-4, atol=1e-6)
-        self.assertAllClose(loss, target_loss(params))  # theta' = theta at w = 0
-        self.assertAllEqual(u[2, 2], 0.0)  # no gradient on that layer: no alignment
-        self.assertGreater(float(tf.reduce_max(tf.abs(closed_form))), 1e-3)  # not trivial
-
-    def test_quadratic_from_non_zero_init(self):
-        """L(theta) = |theta - c|^2 / 2: u[s, l] = <c - theta'_l, -g_s,l>, theta' the look-ahead."""
-        rng = np.random.default_rng(2)
-        layer_ids = [0, 0, 1]
-        params = [tf.constant(rng.normal(size=n), tf.float32) for n in (3, 1, 2)]
-        centre = [tf.constant(rng.normal(size=n), tf.float32) for n in (3, 1, 2)]
-        streams = [[tf.constant(rng.normal(size=n), tf.float32) for n in (3, 1, 2)] for _ in "ab"]
-        init = tf.constant([[0.5, 2.0], [1.0, 0.0]])
-        step_size = 0.3
-
-        def target_loss(theta):
-            return 0.5 * tf.add_n([tf.reduce_sum(tf.square(t - c)) for t, c in zip(theta, centre)])
-
-        u, loss = lookahead.lookahead_alignment(
-            target_loss, params, streams, layer_ids, init, step_size
-        )
-        theta_prime = [
-            params[v].numpy()
-            - step_size * sum(init[s, layer_ids[v]].numpy() * streams[s][v].numpy() for s in (0, 1))
-            for v in range(3)
-        ]
-        expected = np.zeros([2, 2])
-        for s in (0, 1):
-            for v, layer in enumerate(layer_ids):
-                expected[s, layer] += np.dot(theta_prime[v] - centre[v].numpy(), streams[s][v])
-        self.assertAllClose(u, expected, rtol=1e-5)
-        self.assertAllClose(loss, target_loss([tf.constant(t) for t in theta_prime]))
-
-
-class AdaptiveLearningRateTest(tf.test.TestCase, parameterized.TestCase):
-    def test_batch_importance_by_hand(self):
-        target = [tf.constant([1.0, 1.0]), tf.constant([0.0])]
-        self.assertAllClose(
-            adaptive_lr.batch_importance([tf.constant([1.0, 0.0]), tf.constant([0.0])], target),
-            1 / math.sqrt(2),
-        )
-        self.assertAllClose(
-            adaptive_lr.batch_importance([tf.constant([2.0, 2.0]), tf.constant([0.0])], target),
-            1.0,
-        )
-        # Anti-aligned, orthogonal or zero: rho = 0.
-        for mixed in ([-1.0, -2.0], [1.0, -1.0], [0.0, 0.0]):
-            rho = adaptive_lr.batch_importance([tf.constant(mixed), tf.constant([0.0])], target)
-            self.assertAllEqual(rho, 0.0)
-
-    @parameterized.parameters((1.0, 1.0), (1e-15, 1e-15), (1e15, 1e-15), (1e15, 1e15))
-    def test_batch_importance_is_scale_free(self, mixed_scale, target_scale):
-        target = [tf.constant([target_scale, target_scale]), tf.constant([2.0 * target_scale])]
-        mixed = [tf.constant([mixed_scale, 0.0]), tf.constant([mixed_scale])]
-        # cos = (1 + 2) / (sqrt(2) * sqrt(6)) = 3 / sqrt(12)
-        self.assertAllClose(adaptive_lr.batch_importance(mixed, target), 3 / math.sqrt(12))
-
-    def test_running_mean_is_bias_corrected(self):
-        ema, steps, mean = adaptive_lr.update_running_mean(0.0, 0.0, 0.8, 0.99)
-        self.assertAllClose([ema, steps, mean], [0.008, 1.0, 0.8])  # the first mean is rho itself
-        ema, steps, mean = adaptive_lr.update_running_mean(ema, steps, 0.4, 0.99)
-        # ema = 0.99 * 0.008 + 0.01 * 0.4 = 0.01192; mean = ema / (1 - 0.99^2)
-        self.assertAllClose([ema, steps, mean], [0.01192, 2.0, 0.01192 / 0.0199])
-        self.assertAllClose(
-            adaptive_lr.learning_rate_ratio(0.4, mean, 0.5, 2.0), 0.4 / (0.01192 / 0.0199)
-        )
-
-    @parameterized.named_parameters(
-        ("equal", 0.6, 0.6, 1.0),
-        ("between", 0.9, 0.6, 1.5),
-        ("clipped_low", 0.1, 0.8, 0.5),
-        ("clipped_high", 0.9, 0.3, 2.0),
-        ("rho_zero", 0.0, 0.5, 0.5),
-        ("mean_zero", 0.7, 0.0, 1.0),
-        ("both_zero", 0.0, 0.0, 1.0),
+# ------------------------------------------------------------------ lookahead
+@pytest.mark.parametrize("step_size", [1e-3, 0.1, 1.0])
+def test_equals_closed_form_at_zero(step_size):
+    """The exact meta-gradient at w = 0 is <g_T,l, g_s,l>, for any look-ahead step size."""
+    target_loss, params, target_grads, stream_grads, layer_ids = _network_and_gradients()
+    dots, _, _ = weights.per_variable_products(target_grads, stream_grads)
+    closed_form = weights.layer_sums(dots, tf.constant(layer_ids), 3)  # [3 streams, 3 layers]
+    u, loss = lookahead.lookahead_alignment(
+        target_loss, params, stream_grads, layer_ids, tf.zeros([3, 3]), step_size
     )
-    def test_learning_rate_ratio(self, rho, rho_mean, expected):
-        self.assertAllClose(adaptive_lr.learning_rate_ratio(rho, rho_mean, 0.5, 2.0), expected)
+    np.testing.assert_allclose(u, closed_form, rtol=1e-4, atol=1e-6)
+    # theta' = theta at w = 0
+    np.testing.assert_allclose(loss, target_loss(params), rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(u[2, 2], 0.0)  # no gradient on that layer: no alignment
+    assert float(tf.reduce_max(tf.abs(closed_form))) > 1e-3  # not trivial
+
+
+def test_quadratic_from_non_zero_init():
+    """L(theta) = |theta - c|^2 / 2: u[s, l] = <c - theta'_l, -g_s,l>, theta' the look-ahead."""
+    rng = np.random.default_rng(2)
+    layer_ids = [0, 0, 1]
+    params = [tf.constant(rng.normal(size=n), tf.float32) for n in (3, 1, 2)]
+    centre = [tf.constant(rng.normal(size=n), tf.float32) for n in (3, 1, 2)]
+    streams = [[tf.constant(rng.normal(size=n), tf.float32) for n in (3, 1, 2)] for _ in "ab"]
+    init = tf.constant([[0.5, 2.0], [1.0, 0.0]])
+    step_size = 0.3
+
+    def target_loss(theta):
+        return 0.5 * tf.add_n([tf.reduce_sum(tf.square(t - c)) for t, c in zip(theta, centre)])
+
+    u, loss = lookahead.lookahead_alignment(
+        target_loss, params, streams, layer_ids, init, step_size
+    )
+    theta_prime = [
+        params[v].numpy()
+        - step_size * sum(init[s, layer_ids[v]].numpy() * streams[s][v].numpy() for s in (0, 1))
+        for v in range(3)
+    ]
+    expected = np.zeros([2, 2])
+    for s in (0, 1):
+        for v, layer in enumerate(layer_ids):
+            expected[s, layer] += np.dot(theta_prime[v] - centre[v].numpy(), streams[s][v])
+    np.testing.assert_allclose(u, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        loss, target_loss([tf.constant(t) for t in theta_prime]), rtol=1e-6, atol=1e-6
+    )
+
+
+# ----------------------------------------------------- adaptive learning rate
+def test_batch_importance_by_hand():
+    target = [tf.constant([1.0, 1.0]), tf.constant([0.0])]
+    np.testing.assert_allclose(
+        adaptive_lr.batch_importance([tf.constant([1.0, 0.0]), tf.constant([0.0])], target),
+        1 / math.sqrt(2),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    np.testing.assert_allclose(
+        adaptive_lr.batch_importance([tf.constant([2.0, 2.0]), tf.constant([0.0])], target),
+        1.0,
+        rtol=1e-6,
+        atol=1e-6,
+    )
+    # Anti-aligned, orthogonal or zero: rho = 0.
+    for mixed in ([-1.0, -2.0], [1.0, -1.0], [0.0, 0.0]):
+        rho = adaptive_lr.batch_importance([tf.constant(mixed), tf.constant([0.0])], target)
+        np.testing.assert_array_equal(rho, 0.0)
+
+
+@pytest.mark.parametrize(
+    "mixed_scale, target_scale", [(1.0, 1.0), (1e-15, 1e-15), (1e15, 1e-15), (1e15, 1e15)]
+)
+def test_batch_importance_is_scale_free(mixed_scale, target_scale):
+    target = [tf.constant([target_scale, target_scale]), tf.constant([2.0 * target_scale])]
+    mixed = [tf.constant([mixed_scale, 0.0]), tf.constant([mixed_scale])]
+    # cos = (1 + 2) / (sqrt(2) * sqrt(6)) = 3 / sqrt(12)
+    np.testing.assert_allclose(
+        adaptive_lr.batch_importance(mixed, target), 3 / math.sqrt(12), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_running_mean_is_bias_corrected():
+    ema, steps, mean = adaptive_lr.update_running_mean(0.0, 0.0, 0.8, 0.99)
+    # The first mean is rho itself.
+    np.testing.assert_allclose([ema, steps, mean], [0.008, 1.0, 0.8], rtol=1e-6, atol=1e-6)
+    ema, steps, mean = adaptive_lr.update_running_mean(ema, steps, 0.4, 0.99)
+    # ema = 0.99 * 0.008 + 0.01 * 0.4 = 0.01192; mean = ema / (1 - 0.99^2)
+    np.testing.assert_allclose(
+        [ema, steps, mean], [0.01192, 2.0, 0.01192 / 0.0199], rtol=1e-6, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        adaptive_lr.learning_rate_ratio(0.4, mean, 0.5, 2.0),
+        0.4 / (0.01192 / 0.0199),
+        rtol=1e-6,
+        atol=1e-6,
+    )
+
+
+@pytest.mark.parametrize(
+    "rho, rho_mean, expected",
+    [
+        pytest.param(0.6, 0.6, 1.0, id="equal"),
+        pytest.param(0.9, 0.6, 1.5, id="between"),
+        pytest.param(0.1, 0.8, 0.5, id="clipped_low"),
+        pytest.param(0.9, 0.3, 2.0, id="clipped_high"),
+        pytest.param(0.0, 0.5, 0.5, id="rho_zero"),
+        pytest.param(0.7, 0.0, 1.0, id="mean_zero"),
+        pytest.param(0.0, 0.0, 1.0, id="both_zero"),
+    ],
+)
+def test_learning_rate_ratio(rho, rho_mean, expected):
+    np.testing.assert_allclose(
+        adaptive_lr.learning_rate_ratio(rho, rho_mean, 0.5, 2.0), expected, rtol=1e-6, atol=1e-6
+    )

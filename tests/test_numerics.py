@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl.testing import parameterized
 from test_gradmix_model import (
     IMAGE_SHAPE,
     LEARNING_RATE,
     MODES,
     OTHER_CLASSES,
     TARGET_CLASSES,
+    assert_logs_close,
     copy_of,
     cross_entropy,
     make_model,
@@ -81,163 +76,175 @@ def stepper(model, mode):
     return lambda batch: {name: float(value) for name, value in step(batch).items()}
 
 
-class NumericsTestCase(tf.test.TestCase, parameterized.TestCase):
-    def assertSameState(self, got, expected, skipped_changes=0):
-        """All variables equal, but for `nonfinite_skipped` having grown by `skipped_changes`."""
-        self.assertEqual([path for path, _ in got], [path for path, _ in expected])
-        for (path, after), (_, before) in zip(got, expected):
-            if path.endswith("nonfinite_skipped"):
-                self.assertEqual(int(after), int(before) + skipped_changes)
-            else:
-                self.assertAllEqual(after, before, msg=path)
+def assert_same_state(got, expected, skipped_changes=0):
+    """All variables equal, but for `nonfinite_skipped` having grown by `skipped_changes`."""
+    assert [path for path, _ in got] == [path for path, _ in expected]
+    for (path, after), (_, before) in zip(got, expected):
+        if path.endswith("nonfinite_skipped"):
+            assert int(after) == int(before) + skipped_changes
+        else:
+            np.testing.assert_array_equal(after, before, err_msg=path)
 
 
-class StopTest(NumericsTestCase):
-    @parameterized.product(
-        mode=MODES,
-        stream_and_value=[("usps", np.nan), ("target", np.inf), ("pseudo_labels", np.nan)],
-    )
-    def test_raises_naming_the_stream_and_the_step(self, mode, stream_and_value):
-        stream, value = stream_and_value
-        model = nonfinite_model("stop")
-        step = stepper(model, mode)
-        step(batch(seed=1))  # a good step 1: the bad one is step 2
-        before = state_of(model)
-        with self.assertRaisesRegex(
-            tf.errors.InvalidArgumentError,
-            rf"stream\(s\) {stream} at training step 2 \(1-based: optimizer.iterations \+ 1\)"
-            r".*Lower the learning rate.*on_nonfinite=skip",
-        ):
-            step(with_nonfinite(batch(), stream, value))
-        self.assertSameState(state_of(model), before)
-
-    def test_names_every_nonfinite_stream(self):
-        model = nonfinite_model("stop")
-        bad = with_nonfinite(with_nonfinite(batch(), "svhn"), "target", np.inf)
-        with self.assertRaisesRegex(
-            tf.errors.InvalidArgumentError, r"stream\(s\) svhn, target at training step 1 "
-        ):
-            stepper(model, "eager")(bad)
-
-    def test_fit_raises_before_the_update(self):
-        model = nonfinite_model("stop")
-        with self.assertRaisesRegex(tf.errors.InvalidArgumentError, r"usps at training step 2 "):
-            fit_three_steps(model, bad_step=1)
-        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
-        self.assertTrue(all(np.isfinite(w).all() for w in model.get_weights()))
+# ----------------------------------------------------------------------- stop
+@pytest.mark.parametrize(
+    "stream_and_value",
+    [("usps", np.nan), ("target", np.inf), ("pseudo_labels", np.nan)],
+    ids=["usps_nan", "target_inf", "pseudo_labels_nan"],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_raises_naming_the_stream_and_the_step(mode, stream_and_value):
+    stream, value = stream_and_value
+    model = nonfinite_model("stop")
+    step = stepper(model, mode)
+    step(batch(seed=1))  # a good step 1: the bad one is step 2
+    before = state_of(model)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError,
+        match=rf"stream\(s\) {stream} at training step 2 \(1-based: optimizer.iterations \+ 1\)"
+        r".*Lower the learning rate.*on_nonfinite=skip",
+    ):
+        step(with_nonfinite(batch(), stream, value))
+    assert_same_state(state_of(model), before)
 
 
-class SkipTest(NumericsTestCase):
-    @parameterized.product(mode=MODES, stream=["svhn", "usps", "target"])
-    def test_skipped_batch_changes_nothing_and_the_next_one_trains(self, mode, stream):
-        model, twin = nonfinite_model("skip"), nonfinite_model("skip")  # twin: no bad batch
-        step, twin_step = stepper(model, mode), stepper(twin, mode)
-        step(batch(seed=1))  # Adam's slots, rho's mean and w are now non-zero
-        twin_step(batch(seed=1))
-        before = state_of(model)
-        self.assertSameState(before, state_of(twin))
-
-        logs = step(with_nonfinite(batch(), stream))
-        self.assertEqual(logs["nonfinite_skipped"], 1.0)
-        self.assertSameState(state_of(model), before, skipped_changes=1)
-        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
-
-        logs = step(batch(seed=2))
-        twin_logs = twin_step(batch(seed=2))
-        self.assertEqual(logs.pop("nonfinite_skipped"), 1.0)
-        self.assertEqual(twin_logs.pop("nonfinite_skipped"), 0.0)
-        self.assertAllClose(logs, twin_logs)
-        self.assertSameState(state_of(model), state_of(twin), skipped_changes=1)
-        self.assertEqual(int(model.optimizer.iterations.numpy()), 2)
-
-    def test_fit_skips_and_counts(self):
-        model = nonfinite_model("skip")
-        history = fit_three_steps(model, bad_step=1)
-        self.assertEqual(int(model.optimizer.iterations.numpy()), 2)
-        self.assertEqual(int(model.nonfinite_skipped.numpy()), 1)
-        self.assertEqual(history.history["nonfinite_skipped"], [1.0])
-        self.assertTrue(all(np.isfinite(w).all() for w in model.get_weights()))
-
-    @parameterized.named_parameters(
-        ("skip", "skip", (2, 1, "")),
-        ("stop", "stop", (1, 0, "usps at training step 2")),
-    )
-    def test_one_replica_mirrored_strategy(self, on_nonfinite, expected):
-        """MirroredStrategy takes the cross-replica `tf.cond` path (merge_call)."""
-        strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
-        self.assertEqual(fit_under(strategy, on_nonfinite), expected)
-
-    @pytest.mark.slow  # XLA compiles the whole step on CPU: ~15-30 s
-    def test_xla_skips_when_it_cannot_stop(self):
-        """XLA drops asserts: "stop" then skips (and counts) rather than failing to compile."""
-        model = make_model((OTHER_CLASSES,), source_names=("usps",))
-        model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), jit_compile=True)
-        step = tf.function(model.train_step, jit_compile=True)
-        data = random_batch((OTHER_CLASSES,))
-        bad_source = tf.tensor_scatter_nd_update(data["sources"][0][0], [[0, 1, 1, 0]], [np.nan])
-        logs = step({"sources": ((bad_source, data["sources"][0][1]),), "target": data["target"]})
-        self.assertEqual(int(logs["nonfinite_skipped"]), 1)
-        self.assertEqual(int(step(data)["nonfinite_skipped"]), 1)
-        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
+def test_names_every_nonfinite_stream():
+    model = nonfinite_model("stop")
+    bad = with_nonfinite(with_nonfinite(batch(), "svhn"), "target", np.inf)
+    with pytest.raises(
+        tf.errors.InvalidArgumentError, match=r"stream\(s\) svhn, target at training step 1 "
+    ):
+        stepper(model, "eager")(bad)
 
 
-class FiniteStepTest(NumericsTestCase):
-    @parameterized.product(mode=MODES, on_nonfinite=["stop", "skip"])
-    def test_finite_step_is_the_plain_sgd_step(self, mode, on_nonfinite):
-        """K = 1, w = 1, lambda_T = 0, r_t = 1: GradMix is SGD on the source's loss."""
-        options = {
-            "mixing": "uniform",
-            "target_weight": 0.0,
-            "adaptive_learning_rate": False,
-            "on_nonfinite": on_nonfinite,
-        }
-        model = make_model((OTHER_CLASSES,), **options)
-        manual = copy_of(model, **options)
-        data = random_batch((OTHER_CLASSES,))
-        logs = stepper(model, mode)(data)
-        self.assertEqual("nonfinite_skipped" in logs, on_nonfinite == "skip")
-        self.assertEqual(logs.get("nonfinite_skipped", 0.0), 0.0)
-
-        x, y = data["sources"][0]
-        variables = manual.trunk.trainable_variables + manual.heads[1].trainable_variables
-        with tf.GradientTape() as tape:
-            loss = tf.reduce_mean(cross_entropy(manual.heads[1](manual.trunk(x, training=True)), y))
-        for variable, gradient in zip(variables, tape.gradient(loss, variables)):
-            variable.assign(variable - LEARNING_RATE * gradient)
-        for expected, got in zip(manual.trainable_variables, model.trainable_variables):
-            self.assertAllClose(got, expected, rtol=1e-5, atol=1e-7, msg=got.path)
-        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
+def test_fit_raises_before_the_update():
+    model = nonfinite_model("stop")
+    with pytest.raises(tf.errors.InvalidArgumentError, match=r"usps at training step 2 "):
+        fit_three_steps(model, bad_step=1)
+    assert int(model.optimizer.iterations.numpy()) == 1
+    assert all(np.isfinite(w).all() for w in model.get_weights())
 
 
-class OptionsTest(NumericsTestCase):
-    def test_bad_value_raises(self):
-        with self.assertRaisesRegex(ValueError, r"on_nonfinite must be one of \('stop', 'skip'\)"):
-            GradMixModel(tiny_trunk(), TARGET_CLASSES, [OTHER_CLASSES], on_nonfinite="ignore")
+# ----------------------------------------------------------------------- skip
+@pytest.mark.parametrize("stream", ["svhn", "usps", "target"])
+@pytest.mark.parametrize("mode", MODES)
+def test_skipped_batch_changes_nothing_and_the_next_one_trains(mode, stream):
+    model, twin = nonfinite_model("skip"), nonfinite_model("skip")  # twin: no bad batch
+    step, twin_step = stepper(model, mode), stepper(twin, mode)
+    step(batch(seed=1))  # Adam's slots, rho's mean and w are now non-zero
+    twin_step(batch(seed=1))
+    before = state_of(model)
+    assert_same_state(before, state_of(twin))
 
-    def test_config_and_state(self):
-        model = nonfinite_model("skip")
-        self.assertEqual(model.get_config()["on_nonfinite"], "skip")
-        clone = GradMixModel.from_config(model.get_config())
-        self.assertEqual(clone.options.on_nonfinite, "skip")
-        self.assertIn("gradmix/nonfinite_skipped", [v.path for v in model.non_trainable_weights])
+    logs = step(with_nonfinite(batch(), stream))
+    assert logs["nonfinite_skipped"] == 1.0
+    assert_same_state(state_of(model), before, skipped_changes=1)
+    assert int(model.optimizer.iterations.numpy()) == 1
 
-    @parameterized.parameters("compile_then_build", "build_then_compile")
-    def test_optimizer_is_built_before_the_first_step(self, order):
-        """The step applies the optimizer inside a `tf.cond`: it must exist by then."""
-        model = GradMixModel(tiny_trunk(), TARGET_CLASSES, SOURCES, on_nonfinite="skip")
-        steps = [
-            lambda: model.build((None, *IMAGE_SHAPE)),
-            lambda: model.compile(optimizer=keras.optimizers.Adam(1e-3)),
-        ]
-        for step in steps if order == "build_then_compile" else steps[::-1]:
-            step()
-        self.assertTrue(model.optimizer.built)
-        data = random_batch(SOURCES)
-        step = stepper(model, "graph")
-        step(with_nonfinite(data, "target"))
-        step(data)
-        self.assertEqual(int(model.optimizer.iterations.numpy()), 1)
-        self.assertEqual(int(model.nonfinite_skipped.numpy()), 1)
+    logs = step(batch(seed=2))
+    twin_logs = twin_step(batch(seed=2))
+    assert logs.pop("nonfinite_skipped") == 1.0
+    assert twin_logs.pop("nonfinite_skipped") == 0.0
+    assert_logs_close(logs, twin_logs)
+    assert_same_state(state_of(model), state_of(twin), skipped_changes=1)
+    assert int(model.optimizer.iterations.numpy()) == 2
+
+
+def test_fit_skips_and_counts():
+    model = nonfinite_model("skip")
+    history = fit_three_steps(model, bad_step=1)
+    assert int(model.optimizer.iterations.numpy()) == 2
+    assert int(model.nonfinite_skipped.numpy()) == 1
+    assert history.history["nonfinite_skipped"] == [1.0]
+    assert all(np.isfinite(w).all() for w in model.get_weights())
+
+
+@pytest.mark.parametrize(
+    "on_nonfinite, expected",
+    [
+        pytest.param("skip", (2, 1, ""), id="skip"),
+        pytest.param("stop", (1, 0, "usps at training step 2"), id="stop"),
+    ],
+)
+def test_one_replica_mirrored_strategy(on_nonfinite, expected):
+    """MirroredStrategy takes the cross-replica `tf.cond` path (merge_call)."""
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+    assert fit_under(strategy, on_nonfinite) == expected
+
+
+def test_xla_skips_when_it_cannot_stop():
+    """XLA drops asserts: "stop" then skips (and counts) rather than failing to compile."""
+    model = make_model((OTHER_CLASSES,), source_names=("usps",))
+    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), jit_compile=True)
+    step = tf.function(model.train_step, jit_compile=True)
+    data = random_batch((OTHER_CLASSES,))
+    bad_source = tf.tensor_scatter_nd_update(data["sources"][0][0], [[0, 1, 1, 0]], [np.nan])
+    logs = step({"sources": ((bad_source, data["sources"][0][1]),), "target": data["target"]})
+    assert int(logs["nonfinite_skipped"]) == 1
+    assert int(step(data)["nonfinite_skipped"]) == 1
+    assert int(model.optimizer.iterations.numpy()) == 1
+
+
+# ---------------------------------------------------------------- finite step
+@pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
+@pytest.mark.parametrize("mode", MODES)
+def test_finite_step_is_the_plain_sgd_step(mode, on_nonfinite):
+    """K = 1, w = 1, lambda_T = 0, r_t = 1: GradMix is SGD on the source's loss."""
+    options = {
+        "mixing": "uniform",
+        "target_weight": 0.0,
+        "adaptive_learning_rate": False,
+        "on_nonfinite": on_nonfinite,
+    }
+    model = make_model((OTHER_CLASSES,), **options)
+    manual = copy_of(model, **options)
+    data = random_batch((OTHER_CLASSES,))
+    logs = stepper(model, mode)(data)
+    assert ("nonfinite_skipped" in logs) == (on_nonfinite == "skip")
+    assert logs.get("nonfinite_skipped", 0.0) == 0.0
+
+    x, y = data["sources"][0]
+    variables = manual.trunk.trainable_variables + manual.heads[1].trainable_variables
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_mean(cross_entropy(manual.heads[1](manual.trunk(x, training=True)), y))
+    for variable, gradient in zip(variables, tape.gradient(loss, variables)):
+        variable.assign(variable - LEARNING_RATE * gradient)
+    for expected, got in zip(manual.trainable_variables, model.trainable_variables):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7, err_msg=got.path)
+    assert int(model.optimizer.iterations.numpy()) == 1
+
+
+# -------------------------------------------------------------------- options
+def test_bad_value_raises():
+    with pytest.raises(ValueError, match=r"on_nonfinite must be one of \('stop', 'skip'\)"):
+        GradMixModel(tiny_trunk(), TARGET_CLASSES, [OTHER_CLASSES], on_nonfinite="ignore")
+
+
+def test_config_and_state():
+    model = nonfinite_model("skip")
+    assert model.get_config()["on_nonfinite"] == "skip"
+    clone = GradMixModel.from_config(model.get_config())
+    assert clone.options.on_nonfinite == "skip"
+    assert "gradmix/nonfinite_skipped" in [v.path for v in model.non_trainable_weights]
+
+
+@pytest.mark.parametrize("order", ["compile_then_build", "build_then_compile"])
+def test_optimizer_is_built_before_the_first_step(order):
+    """The step applies the optimizer inside a `tf.cond`: it must exist by then."""
+    model = GradMixModel(tiny_trunk(), TARGET_CLASSES, SOURCES, on_nonfinite="skip")
+    steps = [
+        lambda: model.build((None, *IMAGE_SHAPE)),
+        lambda: model.compile(optimizer=keras.optimizers.Adam(1e-3)),
+    ]
+    for step in steps if order == "build_then_compile" else steps[::-1]:
+        step()
+    assert model.optimizer.built
+    data = random_batch(SOURCES)
+    step = stepper(model, "graph")
+    step(with_nonfinite(data, "target"))
+    step(data)
+    assert int(model.optimizer.iterations.numpy()) == 1
+    assert int(model.nonfinite_skipped.numpy()) == 1
 
 
 def fit_three_steps(model, bad_step, bad_example=0):
@@ -269,28 +276,10 @@ def fit_under(strategy, on_nonfinite, bad_example=0):
     return int(model.optimizer.iterations.numpy()), int(model.nonfinite_skipped.numpy()), error
 
 
-_TWO_REPLICAS = textwrap.dedent(
-    """
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import test_numerics
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    # Example 2 of a global batch of 4 is on replica 1 only: replica 0 sees finite data.
-    print("skip", test_numerics.fit_under(strategy, "skip", bad_example=2))
-    print("stop", test_numerics.fit_under(strategy, "stop", bad_example=2))
-    """
-)
+def test_two_replicas_take_the_same_decision(two_replicas):
+    """A NaN on one replica stops or skips the step on both (the flag is all-reduced).
 
-
-@pytest.mark.slow  # a fresh process (TensorFlow import + two fits): ~10-20 s
-def test_two_replicas_take_the_same_decision():
-    """A NaN on one replica stops or skips the step on both (the flag is all-reduced)."""
-    tests = os.path.dirname(os.path.abspath(__file__))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
-    result = subprocess.run(
-        [sys.executable, "-c", _TWO_REPLICAS], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "skip (2, 1, '')" in result.stdout, result.stdout
-    assert "stop (1, 0, 'usps at training step 2')" in result.stdout, result.stdout
+    Example 2 of a global batch of 4 is on replica 1 only: replica 0 sees finite data.
+    """
+    assert fit_under(two_replicas, "skip", bad_example=2) == (2, 1, "")
+    assert fit_under(two_replicas, "stop", bad_example=2) == (1, 0, "usps at training step 2")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import os
 import shutil
 import signal
@@ -24,7 +25,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl.testing import parameterized
 
 from configs import digits as digits_config
 from gradmix_tf import experiment
@@ -91,173 +91,186 @@ def registered_steps(directory: str) -> list[int]:
     return [int(path.rsplit("-", 1)[1]) for path in state.all_model_checkpoint_paths]
 
 
-class RestoreLatestTest(tf.test.TestCase, parameterized.TestCase):
-    def test_restores_the_newest_checkpoint(self):
-        directory = self.get_temp_dir() + "/newest"
-        save_steps(tiny_model(), directory)
-        model = tiny_model()
-        self.assertEqual(restore_latest(model, directory), 3)
-        for variable in model.trainable_variables:
-            self.assertAllEqual(variable, np.full(variable.shape, 3.0))
+# ------------------------------------------------------------- restore latest
+def test_restores_the_newest_checkpoint(tmp_path):
+    directory = str(tmp_path) + "/newest"
+    save_steps(tiny_model(), directory)
+    model = tiny_model()
+    assert restore_latest(model, directory) == 3
+    for variable in model.trainable_variables:
+        np.testing.assert_array_equal(variable, np.full(variable.shape, 3.0))
 
-    @parameterized.parameters(
-        "truncated_data", "flipped_data_bytes", "truncated_index", "missing_data"
-    )
-    def test_falls_back_to_the_newest_checkpoint_that_restores(self, how):
-        directory = self.get_temp_dir() + f"/{how}"
-        save_steps(tiny_model(), directory)
-        corrupt(f"{directory}/ckpt-3", how)
-        model = tiny_model()
-        with self.assertLogs("absl", level="WARNING") as logs:
-            step = restore_latest(model, directory)
-        self.assertEqual(step, 2)
-        self.assertIn(f"Checkpoint {directory}/ckpt-3 cannot be restored", "\n".join(logs.output))
-        for variable in model.trainable_variables:  # all from ckpt-2, nothing from ckpt-3
-            self.assertAllEqual(variable, np.full(variable.shape, 2.0))
 
-    def test_raises_when_no_registered_checkpoint_restores(self):
-        directory = self.get_temp_dir() + "/all_bad"
-        save_steps(tiny_model(), directory, steps=(1, 2))
-        corrupt(f"{directory}/ckpt-1", "truncated_data")
-        corrupt(f"{directory}/ckpt-2", "missing_data")
-        with self.assertRaisesRegex(
-            RuntimeError, "(?s)none of the checkpoints.*ckpt-2: .*ckpt-1: "
-        ):
-            restore_latest(tiny_model(), directory)
+@pytest.mark.parametrize(
+    "how", ["truncated_data", "flipped_data_bytes", "truncated_index", "missing_data"]
+)
+def test_falls_back_to_the_newest_checkpoint_that_restores(how, tmp_path, caplog):
+    directory = str(tmp_path) + f"/{how}"
+    save_steps(tiny_model(), directory)
+    corrupt(f"{directory}/ckpt-3", how)
+    model = tiny_model()
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        step = restore_latest(model, directory)
+    assert step == 2
+    assert f"Checkpoint {directory}/ckpt-3 cannot be restored" in caplog.text
+    for variable in model.trainable_variables:  # all from ckpt-2, nothing from ckpt-3
+        np.testing.assert_array_equal(variable, np.full(variable.shape, 2.0))
 
-    def test_an_empty_or_missing_directory_has_no_checkpoint(self):
-        self.assertIsNone(restore_latest(tiny_model(), self.get_temp_dir() + "/missing"))
-        os.makedirs(self.get_temp_dir() + "/empty")
-        self.assertIsNone(restore_latest(tiny_model(), self.get_temp_dir() + "/empty"))
 
-    def test_a_first_save_killed_before_the_state_file_starts_from_scratch(self):
-        directory = self.get_temp_dir() + "/first_save"
-        save_steps(tiny_model(), directory, steps=(1,))
-        os.remove(f"{directory}/checkpoint")
-        corrupt(f"{directory}/ckpt-1", "truncated_index")
-        with self.assertLogs("absl", level="WARNING"):
-            self.assertIsNone(restore_latest(tiny_model(), directory))
+def test_raises_when_no_registered_checkpoint_restores(tmp_path):
+    directory = str(tmp_path) + "/all_bad"
+    save_steps(tiny_model(), directory, steps=(1, 2))
+    corrupt(f"{directory}/ckpt-1", "truncated_data")
+    corrupt(f"{directory}/ckpt-2", "missing_data")
+    with pytest.raises(RuntimeError, match="(?s)none of the checkpoints.*ckpt-2: .*ckpt-1: "):
+        restore_latest(tiny_model(), directory)
 
-    def test_an_unregistered_complete_checkpoint_is_used_without_a_state_file(self):
-        directory = self.get_temp_dir() + "/no_state"
-        save_steps(tiny_model(), directory, steps=(1, 2))
-        os.remove(f"{directory}/checkpoint")
-        self.assertEqual(restore_latest(tiny_model(), directory), 2)
 
-    def test_the_dropout_seed_generator_state_is_restored(self):
-        directory = self.get_temp_dir() + "/seed"
-        model = tiny_model(dropout=0.5)
-        state = model.get_layer("dropout").seed_generator.state
-        for _ in range(3):
-            model(np.ones((2, 3), np.float32), training=True)
-        saved = state.numpy()
-        checkpoints.checkpoint_manager(model, directory).save(checkpoint_number=1)
+def test_an_empty_or_missing_directory_has_no_checkpoint(tmp_path):
+    assert restore_latest(tiny_model(), str(tmp_path) + "/missing") is None
+    os.makedirs(str(tmp_path) + "/empty")
+    assert restore_latest(tiny_model(), str(tmp_path) + "/empty") is None
+
+
+def test_a_first_save_killed_before_the_state_file_starts_from_scratch(tmp_path, caplog):
+    directory = str(tmp_path) + "/first_save"
+    save_steps(tiny_model(), directory, steps=(1,))
+    os.remove(f"{directory}/checkpoint")
+    corrupt(f"{directory}/ckpt-1", "truncated_index")
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        assert restore_latest(tiny_model(), directory) is None
+    assert [r for r in caplog.records if r.name == "absl" and r.levelno >= logging.WARNING]
+
+
+def test_an_unregistered_complete_checkpoint_is_used_without_a_state_file(tmp_path):
+    directory = str(tmp_path) + "/no_state"
+    save_steps(tiny_model(), directory, steps=(1, 2))
+    os.remove(f"{directory}/checkpoint")
+    assert restore_latest(tiny_model(), directory) == 2
+
+
+def test_the_dropout_seed_generator_state_is_restored(tmp_path):
+    directory = str(tmp_path) + "/seed"
+    model = tiny_model(dropout=0.5)
+    state = model.get_layer("dropout").seed_generator.state
+    for _ in range(3):
         model(np.ones((2, 3), np.float32), training=True)
-        self.assertNotAllEqual(state, saved)
-        restore_latest(model, directory)
-        self.assertAllEqual(state, saved)
+    saved = state.numpy()
+    checkpoints.checkpoint_manager(model, directory).save(checkpoint_number=1)
+    model(np.ones((2, 3), np.float32), training=True)
+    assert not np.array_equal(state, saved)
+    restore_latest(model, directory)
+    np.testing.assert_array_equal(state, saved)
 
 
-class CheckpointerTest(tf.test.TestCase):
-    def fit(self, directory, epochs=5, every_n_steps=6, extra_callbacks=()):
-        model = tiny_model()
-        checkpointer = Checkpointer(directory, every_n_steps=every_n_steps, max_to_keep=10)
-        model.fit(
-            tiny_dataset(),
-            epochs=epochs,
-            steps_per_epoch=3,
-            shuffle=False,
-            callbacks=[*extra_callbacks, checkpointer],
-            verbose=0,
-        )
-        return model
+# --------------------------------------------------------------- checkpointer
+def fit_with_checkpointer(directory, epochs=5, every_n_steps=6, extra_callbacks=()):
+    model = tiny_model()
+    checkpointer = Checkpointer(directory, every_n_steps=every_n_steps, max_to_keep=10)
+    model.fit(
+        tiny_dataset(),
+        epochs=epochs,
+        steps_per_epoch=3,
+        shuffle=False,
+        callbacks=[*extra_callbacks, checkpointer],
+        verbose=0,
+    )
+    return model
 
-    def test_saves_at_epoch_ends_every_n_steps_and_at_the_end(self):
-        directory = self.get_temp_dir() + "/every"
-        self.fit(directory, epochs=5, every_n_steps=6)
-        self.assertEqual(registered_steps(directory), [6, 12, 15])
 
-    def test_a_checkpoint_includes_the_epoch_end_changes_of_earlier_callbacks(self):
-        directory = self.get_temp_dir() + "/epoch_end"
+def test_saves_at_epoch_ends_every_n_steps_and_at_the_end(tmp_path):
+    directory = str(tmp_path) + "/every"
+    fit_with_checkpointer(directory, epochs=5, every_n_steps=6)
+    assert registered_steps(directory) == [6, 12, 15]
 
-        class MarkEpoch(keras.callbacks.Callback):
-            def on_epoch_end(self, epoch, logs=None):
-                self.model.get_layer("out").bias.assign([100.0 + epoch])
 
-        self.fit(directory, epochs=1, every_n_steps=3, extra_callbacks=[MarkEpoch()])
-        model = tiny_model()
-        self.assertEqual(restore_latest(model, directory), 3)
-        self.assertAllEqual(model.get_layer("out").bias, [100.0])
+def test_a_checkpoint_includes_the_epoch_end_changes_of_earlier_callbacks(tmp_path):
+    directory = str(tmp_path) + "/epoch_end"
 
-    def test_an_epoch_cut_short_is_not_saved(self):
-        directory = self.get_temp_dir() + "/stopped"
+    class MarkEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.model.get_layer("out").bias.assign([100.0 + epoch])
 
-        class StopInSecondEpoch(keras.callbacks.Callback):
-            def on_train_batch_end(self, batch, logs=None):
-                if int(self.model.optimizer.iterations.numpy()) == 5:
-                    self.model.stop_training = True
+    fit_with_checkpointer(directory, epochs=1, every_n_steps=3, extra_callbacks=[MarkEpoch()])
+    model = tiny_model()
+    assert restore_latest(model, directory) == 3
+    np.testing.assert_array_equal(model.get_layer("out").bias, [100.0])
 
-        self.fit(directory, epochs=4, every_n_steps=3, extra_callbacks=[StopInSecondEpoch()])
-        self.assertEqual(registered_steps(directory), [3])
 
-    def test_removes_what_interrupted_writes_left(self):
-        directory = self.get_temp_dir() + "/partial"
-        os.makedirs(f"{directory}/ckpt-3_temp")
-        with open(f"{directory}/ckpt-3_temp/part-00000-of-00001.index.tempstate1", "wb") as f:
-            f.write(b"\0" * 10)
-        with open(f"{directory}/checkpoint.tmp0123abcd", "w") as f:
-            f.write('model_checkpoint_path: "ckp')
-        self.fit(directory, epochs=1, every_n_steps=3)
-        self.assertEqual(
-            sorted(os.listdir(directory)),
-            sorted(["checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index"]),
-        )
+def test_an_epoch_cut_short_is_not_saved(tmp_path):
+    directory = str(tmp_path) + "/stopped"
+
+    class StopInSecondEpoch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 5:
+                self.model.stop_training = True
+
+    fit_with_checkpointer(
+        directory, epochs=4, every_n_steps=3, extra_callbacks=[StopInSecondEpoch()]
+    )
+    assert registered_steps(directory) == [3]
+
+
+def test_removes_what_interrupted_writes_left(tmp_path):
+    directory = str(tmp_path) + "/partial"
+    os.makedirs(f"{directory}/ckpt-3_temp")
+    with open(f"{directory}/ckpt-3_temp/part-00000-of-00001.index.tempstate1", "wb") as f:
+        f.write(b"\0" * 10)
+    with open(f"{directory}/checkpoint.tmp0123abcd", "w") as f:
+        f.write('model_checkpoint_path: "ckp')
+    fit_with_checkpointer(directory, epochs=1, every_n_steps=3)
+    assert sorted(os.listdir(directory)) == sorted(
+        ["checkpoint", "ckpt-3.data-00000-of-00001", "ckpt-3.index"]
+    )
 
 
 def smoke_config():
     return digits_config.get_config("smoke")
 
 
-class ResumeArithmeticTest(tf.test.TestCase, parameterized.TestCase):
-    @parameterized.parameters(("steps", 25), ("checkpoint_every_steps", 15))
-    def test_fields_that_are_not_whole_epochs_raise(self, field, value):
-        config = smoke_config()
-        config.train[field] = value
-        with self.assertRaisesRegex(
-            ValueError,
-            rf"train.{field} \({value}\) must be a multiple of train.steps_per_epoch \(10\)",
-        ):
-            experiment.resolve_config(config)
+# ---------------------------------------------------------- resume arithmetic
+@pytest.mark.parametrize("field, value", [("steps", 25), ("checkpoint_every_steps", 15)])
+def test_fields_that_are_not_whole_epochs_raise(field, value):
+    config = smoke_config()
+    config.train[field] = value
+    with pytest.raises(
+        ValueError,
+        match=rf"train.{field} \({value}\) must be a multiple of train.steps_per_epoch \(10\)",
+    ):
+        experiment.resolve_config(config)
 
-    def test_whole_epochs_are_accepted(self):
-        config = smoke_config()
-        config.train.steps, config.train.checkpoint_every_steps = 40, 20
-        self.assertEqual(experiment.resolve_config(config).train.steps, 40)
 
-    def test_resume_epoch(self):
-        self.assertEqual(experiment.resume_epoch(0, 10), 0)
-        self.assertEqual(experiment.resume_epoch(20, 10), 2)
-        with self.assertRaisesRegex(ValueError, "step 25, inside an epoch of 10 steps"):
-            experiment.resume_epoch(25, 10)
+def test_whole_epochs_are_accepted():
+    config = smoke_config()
+    config.train.steps, config.train.checkpoint_every_steps = 40, 20
+    assert experiment.resolve_config(config).train.steps == 40
 
-    def test_train_batches_from_a_step_are_the_uninterrupted_ones(self):
-        config = experiment.resolve_config(smoke_config())
-        config.train.batch_size = 4  # max_shift stays on: augmentation seeds included
-        rng = np.random.default_rng(0)
-        images = rng.random((12, 8, 8, 1), np.float32)
-        source = LabelledStream.from_arrays("source", images, np.arange(12) % 2, ["a", "b"])
-        target = TargetSplit.from_arrays(
-            images, np.arange(12) % 3, images[:3], [0, 1, 2], ["x", "y", "z"], 2, seed=0
-        )
-        data = MultiStreamData([source], target)
-        uninterrupted = iter(experiment.train_batches(data, config))
-        for _ in range(3):
-            next(uninterrupted)
-        expected = tf.nest.flatten(next(uninterrupted))
-        resumed = tf.nest.flatten(next(iter(experiment.train_batches(data, config, 3))))
-        self.assertLen(resumed, len(expected))
-        for got, want in zip(resumed, expected):
-            self.assertAllEqual(got, want)
+
+def test_resume_epoch():
+    assert experiment.resume_epoch(0, 10) == 0
+    assert experiment.resume_epoch(20, 10) == 2
+    with pytest.raises(ValueError, match="step 25, inside an epoch of 10 steps"):
+        experiment.resume_epoch(25, 10)
+
+
+def test_train_batches_from_a_step_are_the_uninterrupted_ones():
+    config = experiment.resolve_config(smoke_config())
+    config.train.batch_size = 4  # max_shift stays on: augmentation seeds included
+    rng = np.random.default_rng(0)
+    images = rng.random((12, 8, 8, 1), np.float32)
+    source = LabelledStream.from_arrays("source", images, np.arange(12) % 2, ["a", "b"])
+    target = TargetSplit.from_arrays(
+        images, np.arange(12) % 3, images[:3], [0, 1, 2], ["x", "y", "z"], 2, seed=0
+    )
+    data = MultiStreamData([source], target)
+    uninterrupted = iter(experiment.train_batches(data, config))
+    for _ in range(3):
+        next(uninterrupted)
+    expected = tf.nest.flatten(next(uninterrupted))
+    resumed = tf.nest.flatten(next(iter(experiment.train_batches(data, config, 3))))
+    assert len(resumed) == len(expected)
+    for got, want in zip(resumed, expected):
+        np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------- end-to-end tests
