@@ -50,97 +50,16 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
+from gradmix_tf.data.checks import (  # noqa: F401  (DataError: part of this module's API)
+    KINDS,
+    DataError,
+    as_float_examples,
+    check_labels,
+    checked_labels,
+    example_kind,
+)
+
 _SHUFFLE_BUFFER = 10_000
-
-
-class DataError(ValueError):
-    """Raised when a stream violates the data contract."""
-
-
-@dataclasses.dataclass(frozen=True)
-class _Kind:
-    """How the checks name and shape one kind of example (see the module docstring)."""
-
-    plural: str  # "images"
-    singular: str  # "image"
-    unit: str  # what an empty stream lacks: "example"
-    axes: str  # of one example, without the channel axis: "H, W"
-
-    @property
-    def rank(self) -> int:
-        """Rank of one example, channel axis included."""
-        return self.axes.count(",") + 2
-
-
-_KINDS = {
-    "images": _Kind("images", "image", "example", "H, W"),
-    "clips": _Kind("clips", "clip", "clip", "T, H, W"),
-}
-
-
-def _kind(kind: str | None, array_rank: int | None = None) -> _Kind:
-    """The kind of examples named by `kind`, or read from an array's rank when None."""
-    if kind is None:
-        return _KINDS["clips" if array_rank == _KINDS["clips"].rank + 1 else "images"]
-    if kind not in _KINDS:
-        raise DataError(f"kind must be one of {sorted(_KINDS)} or None, got {kind!r}.")
-    return _KINDS[kind]
-
-
-def _as_float_examples(examples, name: str, kind: _Kind) -> np.ndarray:
-    """Checks `[N, ...]` images or clips; uint8 is scaled to [0, 1]; returns float32."""
-    examples = np.asarray(examples)
-    if examples.ndim == kind.rank:  # grey examples get a channel axis.
-        examples = examples[..., None]
-    if examples.ndim != kind.rank + 1:
-        raise DataError(
-            f"stream '{name}': {kind.plural} must have shape [N, {kind.axes}] or "
-            f"[N, {kind.axes}, C], got {examples.shape}."
-        )
-    if not (
-        np.issubdtype(examples.dtype, np.floating) or np.issubdtype(examples.dtype, np.integer)
-    ):
-        raise DataError(
-            f"stream '{name}': {kind.plural} must be numeric, got dtype {examples.dtype}."
-        )
-    if np.issubdtype(examples.dtype, np.integer):
-        examples = examples.astype(np.float32) / 255.0
-    return examples.astype(np.float32, copy=False)
-
-
-def _check_labels(labels, num_classes: int, name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 1:
-        raise DataError(f"stream '{name}': labels must have shape [N], got {labels.shape}.")
-    if labels.size and not np.issubdtype(labels.dtype, np.integer):
-        if not np.all(np.equal(np.mod(labels, 1), 0)):
-            raise DataError(f"stream '{name}': labels must be integer class ids.")
-    labels = labels.astype(np.int32)
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        bad = labels[(labels < 0) | (labels >= num_classes)][:5].tolist()
-        raise DataError(
-            f"stream '{name}': label ids {bad} are outside its head's range "
-            f"[0, {num_classes - 1}] ({num_classes} class names). Relabel the stream "
-            "to 0..C-1 or pass the full list of class names."
-        )
-    return labels
-
-
-def _checked_labels(dataset: tf.data.Dataset, num_classes: int, name: str) -> tf.data.Dataset:
-    """Adds a run-time range check of the labels of a user-given dataset."""
-
-    def check(x, y):
-        message = f"stream '{name}': a label id is outside its head's range [0, {num_classes - 1}]"
-        y = tf.cast(y, tf.int32)
-        with tf.control_dependencies(
-            [
-                tf.debugging.assert_non_negative(y, message=message),
-                tf.debugging.assert_less(y, num_classes, message=message),
-            ]
-        ):
-            return tf.identity(x), tf.identity(y)
-
-    return dataset.map(check)
 
 
 def random_shift(image, seed, max_shift: int):
@@ -186,9 +105,9 @@ class LabelledStream:
                 module docstring: grey clips `[N, T, H, W]` need "clips").
         """
         class_names = tuple(str(c) for c in class_names)
-        kind = _kind(kind, np.ndim(images))
-        images = _as_float_examples(images, name, kind)
-        labels = _check_labels(labels, len(class_names), name)
+        kind = example_kind(kind, np.ndim(images))
+        images = as_float_examples(images, name, kind)
+        labels = check_labels(labels, len(class_names), name)
         if len(images) != len(labels):
             raise DataError(
                 f"stream '{name}': {len(images)} {kind.plural} but {len(labels)} labels."
@@ -218,7 +137,7 @@ class LabelledStream:
 
         The labels are checked against `class_names` as the dataset is read.
         """
-        kind = _kind(kind)
+        kind = example_kind(kind)
         spec = dataset.element_spec
         if not (isinstance(spec, tuple) and len(spec) == 2):
             raise DataError(
@@ -230,7 +149,7 @@ class LabelledStream:
                 f"stream '{name}': {kind.plural} must be unbatched [{kind.axes}, C], "
                 f"got {spec[0].shape}."
             )
-        if kind is _KINDS["clips"] and not spec[0].shape.is_fully_defined():
+        if kind is KINDS["clips"] and not spec[0].shape.is_fully_defined():
             raise DataError(
                 f"stream '{name}': clips need a static shape, got {spec[0].shape}: sample "
                 "fixed-length clips of a fixed size (gradmix_tf.data.clips.sample_clip)."
@@ -242,7 +161,7 @@ class LabelledStream:
         if size is not None and size <= 0:
             raise DataError(f"stream '{name}' is empty: it needs at least one {kind.unit}.")
         dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
-        return cls(name, _checked_labels(dataset, len(class_names), name), class_names, size)
+        return cls(name, checked_labels(dataset, len(class_names), name), class_names, size)
 
     @property
     def num_classes(self) -> int:
@@ -282,8 +201,8 @@ class UnlabelledStream:
             true_labels: optional `[N]` labels, only for pseudo-label precision.
             kind: "images", "clips" or None (read from the rank).
         """
-        kind = _kind(kind, np.ndim(images))
-        images = _as_float_examples(images, name, kind)
+        kind = example_kind(kind, np.ndim(images))
+        images = as_float_examples(images, name, kind)
         if len(images) == 0:
             raise DataError(f"stream '{name}' is empty: it needs at least one {kind.unit}.")
         ids = np.arange(len(images), dtype=np.int32)
@@ -435,7 +354,7 @@ class MultiStreamData:
         """
         if global_batch_size <= 0:
             raise DataError(f"global_batch_size must be positive, got {global_batch_size}.")
-        if max_shift > 0 and len(self.image_shape) != _KINDS["images"].rank:
+        if max_shift > 0 and len(self.image_shape) != KINDS["images"].rank:
             raise DataError(
                 f"max_shift={max_shift} shifts images, but the streams hold clips of shape "
                 f"{self.image_shape}: set data.max_shift = 0 (video trunks crop in time)."
