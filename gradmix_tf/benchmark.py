@@ -9,7 +9,8 @@ is finished and skipped, a run with checkpoints continues from them. Then
 `write_reports` writes
 
     OUT/results.csv                  one row per run
-    OUT/summary.md                   mean +- std per method (best in bold), paired gaps
+    OUT/summary.md                   mean +- std per method (best in bold), paired gaps to a
+                                     reference method with 95% intervals and win counts
     OUT/summary.png                  bar chart with error bars
     OUT/mixing_weights_over_time.png streams x layers heat maps of one GradMix run
 
@@ -27,6 +28,7 @@ from collections.abc import Callable, Sequence
 import keras
 import ml_collections
 import numpy as np
+import scipy.stats
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -106,8 +108,12 @@ def run_benchmark(
     seeds: Sequence[int],
     out: str,
     log: Callable[[str], None] = print,
+    reference: str | None = None,
 ) -> list[dict]:
     """Trains and evaluates every (method, seed); returns the rows of results.csv.
+
+    summary.md gives each method's paired gap to `reference` (one of `methods`;
+    None: "gradmix", with no gaps when it is not run).
 
     Finished runs (with `results.json`) are read, not retrained. A progress
     line per run gives its accuracy, its time and the estimated time left.
@@ -119,6 +125,10 @@ def run_benchmark(
         )
     if not methods or not seeds:
         raise ValueError("need at least one method and one seed.")
+    if reference is not None and reference not in methods:
+        raise ValueError(
+            f"the reference method {reference!r} is not among the methods run: {list(methods)}."
+        )
     runs = [(m, s) for s in seeds for m in methods]  # seed-major: early rows compare methods
     configs = {(m, s): run_config(config, m, s) for m, s in runs}
     for (m, s), run in configs.items():
@@ -151,7 +161,7 @@ def run_benchmark(
                 f"{left} run(s) left, ETA {_duration(eta)}"
             )
         rows.append(_row(method, seed, results, wall))
-    write_reports(rows, out, config, methods)
+    write_reports(rows, out, config, methods, reference or "gradmix")
     return rows
 
 
@@ -172,19 +182,52 @@ def read_results(path: str) -> list[dict]:
     return rows
 
 
-def summarize(rows: Sequence[dict], methods: Sequence[str] | None = None) -> list[dict]:
-    """Per method: n, mean, std (ddof=1; 0 for one seed), per-seed values, paired gap to GradMix."""
+def paired_gap(values, reference_values, confidence: float = 0.95) -> dict:
+    """The paired difference `values - reference_values` over seeds, with a t interval.
+
+    Args:
+        values, reference_values: accuracies of two methods on the same seeds.
+        confidence: the level of the two-sided interval for the mean difference.
+
+    Returns:
+        {"gap": mean, "gap_std": sample std (0 for one seed), "ci_low", "ci_high":
+        mean -+ t_{n-1} * std / sqrt(n) (NaN below two seeds), "wins", "ties",
+        "losses": seeds where the method is above, equal to, below the reference}.
+    """
+    gaps = np.asarray(values, dtype=float) - np.asarray(reference_values, dtype=float)
+    n = len(gaps)
+    result = {
+        "gap": float(gaps.mean()) if n else float("nan"),
+        "gap_std": float(gaps.std(ddof=1)) if n > 1 else 0.0,
+        "ci_low": float("nan"),
+        "ci_high": float("nan"),
+        "wins": int((gaps > 0).sum()),
+        "ties": int((gaps == 0).sum()),
+        "losses": int((gaps < 0).sum()),
+    }
+    if n > 1:
+        half = scipy.stats.t.ppf(0.5 + confidence / 2, n - 1) * result["gap_std"] / np.sqrt(n)
+        result["ci_low"], result["ci_high"] = result["gap"] - half, result["gap"] + half
+    return result
+
+
+def summarize(
+    rows: Sequence[dict], methods: Sequence[str] | None = None, reference: str = "gradmix"
+) -> list[dict]:
+    """Per method: n, mean, std (ddof=1; 0 for one seed), per-seed values, and the
+    paired gap to the `reference` method (`paired_gap`, on the seeds both ran)."""
     methods = list(methods or dict.fromkeys(r["method"] for r in rows))
     by_method = {m: {r["seed"]: r for r in rows if r["method"] == m} for m in methods}
-    reference = by_method.get("gradmix", {})
+    baseline = {r["seed"]: r for r in rows if r["method"] == reference}
     summary = []
     for method in methods:
         runs = by_method[method]
         seeds = sorted(runs)
         accuracies = np.array([runs[s]["target_test_accuracy"] for s in seeds], dtype=float)
-        paired = [s for s in seeds if s in reference]
-        gaps = np.array(
-            [runs[s]["target_test_accuracy"] - reference[s]["target_test_accuracy"] for s in paired]
+        paired = [s for s in seeds if s in baseline]
+        gap = paired_gap(
+            [runs[s]["target_test_accuracy"] for s in paired],
+            [baseline[s]["target_test_accuracy"] for s in paired],
         )
         summary.append(
             {
@@ -194,8 +237,9 @@ def summarize(rows: Sequence[dict], methods: Sequence[str] | None = None) -> lis
                 "accuracies": accuracies.tolist(),
                 "mean": float(accuracies.mean()) if len(seeds) else float("nan"),
                 "std": float(accuracies.std(ddof=1)) if len(seeds) > 1 else 0.0,
-                "gap_to_gradmix": float(gaps.mean()) if len(gaps) else float("nan"),
-                "gap_std": float(gaps.std(ddof=1)) if len(gaps) > 1 else 0.0,
+                "reference": reference,
+                "paired_seeds": len(paired),
+                **gap,
                 "wall_seconds": float(np.mean([runs[s]["wall_seconds"] for s in seeds])),
             }
         )
@@ -208,32 +252,40 @@ def best_method(summary: Sequence[dict]) -> str | None:
     return max(competitors, key=lambda s: s["mean"])["method"] if competitors else None
 
 
+def _gap_cells(s: dict) -> tuple[str, str]:
+    """The markdown cells of a method's paired gap: 'mean [low, high]' and 'wins/ties/losses'."""
+    if s["method"] == s["reference"] or not s["paired_seeds"] or np.isnan(s["gap"]):
+        return "", ""
+    interval = "" if np.isnan(s["ci_low"]) else f" [{s['ci_low']:+.4f}, {s['ci_high']:+.4f}]"
+    return f"{s['gap']:+.4f}{interval}", f"{s['wins']}/{s['ties']}/{s['losses']}"
+
+
 def summary_markdown(summary: Sequence[dict], title: str) -> str:
     best = best_method(summary)
+    reference = summary[0]["reference"] if summary else "gradmix"
     lines = [
         f"# {title}",
         "",
         "Target test accuracy, mean ± std over seeds (sample std). The best mean of the",
         "non-reference methods is in bold; the oracle (every target label) is an upper",
-        "reference. 'Gap to GradMix' is the mean per-seed difference (same seed, so same",
-        "labelled examples) ± its std.",
+        f"reference. 'Gap to {reference}' is the mean per-seed difference (same seed, so",
+        "same labelled examples) with its 95% confidence interval (t over seeds);",
+        f"'w/t/l' counts the seeds where the method is above / equal to / below {reference}.",
         "",
-        "| method | accuracy (mean ± std) | n | per seed | gap to GradMix | wall s / run |",
-        "|---|---|---|---|---|---|",
+        f"| method | accuracy (mean ± std) | n | per seed | gap to {reference} [95% CI] | w/t/l "
+        "| wall s / run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for s in summary:
         cell = f"{s['mean']:.4f} ± {s['std']:.4f}"
         if s["method"] == best:
             cell = f"**{cell}**"
-        gap = (
-            ""
-            if s["method"] == "gradmix" or np.isnan(s["gap_to_gradmix"])
-            else (f"{s['gap_to_gradmix']:+.4f} ± {s['gap_std']:.4f}")
-        )
+        gap, record = _gap_cells(s)
         per_seed = ", ".join(f"{a:.3f}" for a in s["accuracies"])
         name = f"{s['method']} (reference)" if s["method"] in REFERENCE_METHODS else s["method"]
         lines.append(
-            f"| {name} | {cell} | {s['n']} | {per_seed} | {gap} | {s['wall_seconds']:.0f} |"
+            f"| {name} | {cell} | {s['n']} | {per_seed} | {gap} | {record} "
+            f"| {s['wall_seconds']:.0f} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -322,6 +374,7 @@ def write_reports(
     out: str,
     config: ml_collections.ConfigDict | None = None,
     methods: Sequence[str] | None = None,
+    reference: str = "gradmix",
 ) -> dict:
     """results.csv, summary.md, summary.png (+ the mixing-weight plot of a GradMix run)."""
     os.makedirs(out, exist_ok=True)
@@ -329,7 +382,7 @@ def write_reports(
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    summary = summarize(rows, methods)
+    summary = summarize(rows, methods, reference)
     seeds = sorted({r["seed"] for r in rows})
     task = f"task {config.data.task}, " if config is not None else ""
     steps = f", {rows[0]['steps']} steps" if rows else ""

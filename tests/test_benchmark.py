@@ -38,10 +38,48 @@ def test_summary_statistics_and_paired_gaps():
     summary = {s["method"]: s for s in benchmark.summarize(rows)}
     assert summary["gradmix"]["mean"] == pytest.approx(0.65)
     assert summary["gradmix"]["std"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
-    assert summary["joint"]["gap_to_gradmix"] == pytest.approx(-0.09)
+    assert summary["joint"]["gap"] == pytest.approx(-0.09)
     assert summary["joint"]["gap_std"] == pytest.approx(np.std([-0.10, -0.08], ddof=1))
+    assert (summary["joint"]["wins"], summary["joint"]["losses"]) == (0, 2)
+    # t interval with 1 degree of freedom: t_0.975 = 12.706
+    half = 12.7062 * np.std([-0.10, -0.08], ddof=1) / np.sqrt(2)
+    assert summary["joint"]["ci_low"] == pytest.approx(-0.09 - half, rel=1e-4)
+    assert summary["joint"]["ci_high"] == pytest.approx(-0.09 + half, rel=1e-4)
+    assert np.isnan(summary["oracle"]["ci_low"])  # one paired seed: no interval
     assert summary["oracle"]["std"] == 0.0  # one seed
     assert benchmark.best_method(list(summary.values())) == "gradmix"  # oracle excluded
+
+
+def test_paired_gap_interval_and_record():
+    """Ten seeds: the mean gap, the t interval (scipy-free check: t_0.975,9 = 2.2622)."""
+    rng = np.random.default_rng(0)
+    reference = rng.uniform(0.4, 0.6, size=10)
+    values = reference + rng.normal(0.02, 0.01, size=10)
+    values[3] = reference[3]  # one tie
+    gap = benchmark.paired_gap(values, reference)
+    diffs = values - reference
+    half = 2.2622 * diffs.std(ddof=1) / np.sqrt(10)
+    assert gap["gap"] == pytest.approx(diffs.mean())
+    assert gap["ci_low"] == pytest.approx(diffs.mean() - half, rel=1e-4)
+    assert gap["ci_high"] == pytest.approx(diffs.mean() + half, rel=1e-4)
+    assert (gap["wins"], gap["ties"], gap["losses"]) == (
+        int((diffs > 0).sum()),
+        1,
+        int((diffs < 0).sum()),
+    )
+
+
+def test_gaps_to_another_reference():
+    rows = rows_of([("gradmix", 0, 0.6), ("gradmix", 1, 0.7), ("joint", 0, 0.5), ("joint", 1, 0.6)])
+    summary = {s["method"]: s for s in benchmark.summarize(rows, reference="joint")}
+    assert summary["gradmix"]["gap"] == pytest.approx(0.1)
+    assert summary["gradmix"]["wins"] == 2
+    text = benchmark.summary_markdown(list(summary.values()), "t")
+    assert "gap to joint [95% CI]" in text
+    (gradmix_line,) = [line for line in text.splitlines() if line.startswith("| gradmix")]
+    assert "+0.1000 [" in gradmix_line and "| 2/0/0 |" in gradmix_line
+    with pytest.raises(ValueError, match="reference method 'pcgrad' is not among"):
+        benchmark.run_benchmark(None, ["gradmix"], [0], "/nonexistent", reference="pcgrad")
 
 
 def test_markdown_bolds_the_best_competitor_only():
