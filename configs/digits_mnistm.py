@@ -17,6 +17,10 @@ USPS and MNIST-M are manual-download datasets. Make their manual dir from the np
     GRADMIX_MANUAL_DIR=/tmp/manual GRADMIX_DATA_DIR=/tmp/tfds \
         python -m launch.train --config=configs/digits_mnistm.py --workdir=runs/digits_mnistm
 
+Development tasks with harm in them (a third source with its own head that should not help):
+`:random_source` adds MNIST 5-9 with random labels, `:unrelated_source` an unrelated photo
+task (`gradmix_tf/tasks/harmful_sources.py`); combine with smoke as `:random_source,smoke`.
+
 or set the options on the command line: `--config.data.task_options.manual_dir=/tmp/manual
 --config.data.task_options.data_dir=/tmp/tfds`. Without them the task stops within seconds
 with a message naming the files to place and where. `:smoke` shrinks everything to check
@@ -31,9 +35,16 @@ import ml_collections
 
 from configs import digits
 
+EXTRA_SOURCES = {"random_source": "random_labels", "unrelated_source": "photo_patches"}
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    config = digits.get_config(arg)
+    parts = [p for p in (arg or "").split(",") if p]
+    extras = [EXTRA_SOURCES[p] for p in parts if p in EXTRA_SOURCES]
+    rest = [p for p in parts if p not in EXTRA_SOURCES]
+    if len(rest) > 1:
+        raise ValueError(f"unknown config argument {arg!r}; use smoke, {', '.join(EXTRA_SOURCES)}.")
+    config = digits.get_config(rest[0] if rest else None)
     config.data.task = "digits_mnistm"
     # Options of gradmix_tf.tasks.digits_mnistm.mnist_usps_to_mnistm. The manual dir holds
     # mnist_m/ and usps/ (used only until the datasets are prepared in the data dir).
@@ -46,4 +57,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.data.task_options.target_size = 1000  # the first images of MNIST-M's test split
     config.data.task_options.test_per_class = 45  # the fixed test part (450 images)
+    # Sources that should not help, after MNIST and USPS: "random_labels", "photo_patches".
+    config.data.task_options.extra_sources = tuple(extras)
     return config

@@ -167,3 +167,20 @@ def test_digits_mnistm_max_per_class_and_oracle(dirs):
     )
     oracle = load_task("digits_mnistm", seed=0, shots_per_class=None, **dirs)
     assert oracle.target.labelled.size == 550 and oracle.target.unlabelled is None
+
+
+def test_digits_mnistm_with_harmful_sources(dirs, task):
+    """The development tasks with harm: the same two sources and target, then the extras."""
+    harmed = load_task(
+        "digits_mnistm",
+        seed=0,
+        shots_per_class=10,
+        extra_sources=("random_labels", "photo_patches"),
+        **dirs,
+    )
+    names = [s.name for s in harmed.sources]
+    assert names == ["mnist_0_4", "usps_5_9", "mnist_5_9_random_labels", "photo_patches"]
+    assert harmed.image_shape == task.image_shape
+    np.testing.assert_array_equal(
+        _arrays(harmed.target.labelled)[0], _arrays(task.target.labelled)[0]
+    )

@@ -16,6 +16,11 @@ real published target data:
   `shots_per_class` (10) labelled images a class (100) and the other 450 are
   the unlabelled set.
 
+With `extra_sources`, sources that should not help come after these two
+(`gradmix_tf.tasks.harmful_sources`): "random_labels" (MNIST 5-9 with random
+labels) and/or "photo_patches" (an unrelated photo task), each with its own
+head: the development tasks with harm in them.
+
 Every image is 32x32x3 float32 in [0, 1]. The manual files come from
 `manual_dir`, a folder holding `mnist_m/` and `usps/` (or the files of both
 side by side); see docs/datasets.md for making it from arrays.
@@ -23,11 +28,14 @@ side by side); see docs/datasets.md for making it from arrays.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData
 from gradmix_tf.datasets import loading
 from gradmix_tf.tasks import raw
+from gradmix_tf.tasks.harmful_sources import harmful_sources
 
 SOURCE_MNIST_STREAM = "mnist_0_4"
 SOURCE_USPS_STREAM = "usps_5_9"
@@ -57,6 +65,7 @@ def mnist_usps_to_mnistm(
     target_size: int = 1000,
     test_per_class: int = 45,
     verify_checksums: bool = True,
+    extra_sources: Sequence[str] = (),
 ) -> MultiStreamData:
     """MNIST 0-4 + USPS 5-9 -> MNIST-M 0-9 (see the module docstring).
 
@@ -71,6 +80,8 @@ def mnist_usps_to_mnistm(
         test_per_class: the fixed test part, images a class.
         verify_checksums: check canonical manual files (False for files
             written from arrays by `manual_files`).
+        extra_sources: names of `harmful_sources.HARMFUL_SOURCES` to add as
+            third (fourth) sources.
 
     Raises:
         DatasetNotReadyError: within seconds, naming the files to place and
@@ -100,4 +111,5 @@ def mnist_usps_to_mnistm(
         image_shape=IMAGE_SHAPE,
         **common,
     )
-    return MultiStreamData([_mnist_source(max_per_class), usps], target)
+    extras = harmful_sources(extra_sources, max_per_class)
+    return MultiStreamData([_mnist_source(max_per_class), usps, *extras], target)
