@@ -60,6 +60,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gradmix.r_max = 2.0
     # method=pretrain_finetune: the fraction of train.steps spent on source pre-training.
     config.gradmix.pretrain_fraction = 0.5
+    # gradmix.mixing=persistent: weights from 1, moved each step by step_size x the alignment.
+    config.gradmix.persistent_init = 1.0
+    config.gradmix.persistent_step_size = 0.02
+    config.gradmix.persistent_max = 3.0
     config.gradmix.jit_mixing_weights = False  # solve the weights with XLA (any strategy)
 
     config.pseudo_labels = ml_collections.ConfigDict()

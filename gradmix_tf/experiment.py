@@ -63,6 +63,8 @@ METHODS = {
     "gradmix_global": {"gradmix.granularity": "stream"},
     "gradmix_no_adaptive_lr": {"gradmix.adaptive_learning_rate": False},
     "gradmix_no_pseudo_labels": {"pseudo_labels.enabled": False},
+    # Mixing rules under study (docs/algorithm.md, "Mixing rules").
+    "gradmix_persistent": {"gradmix.mixing": "persistent", "gradmix.alignment": "cosine"},
     # Baselines.
     "target_only": {"data.use_sources": False, **_NO_EXTRAS},
     "joint": {"gradmix.mixing": "uniform", **_NO_EXTRAS},

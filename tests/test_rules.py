@@ -12,6 +12,7 @@ from test_gradmix_model import OTHER_CLASSES, TARGET_CLASSES, make_model, random
 
 from configs import digits
 from gradmix_tf import rules
+from gradmix_tf.mixing import weights
 from gradmix_tf.rules import Mix, MixingRule, register_rule
 from gradmix_tf.training.gradmix_model import GradMixModel
 from gradmix_tf.training.options import GradMixOptions
@@ -26,6 +27,7 @@ def test_every_method_rule_is_registered_and_chosen_once():
         "pretrain_finetune",
         "example_reweighting",
         "pcgrad",
+        "persistent",
     }
     for name, cls in rules.RULES.items():
         options = GradMixOptions(mixing=name, pretrain_steps=1)
@@ -126,3 +128,47 @@ def test_model_config_is_derived_from_the_options():
     assert clone.options == options
     # Keyword arguments replace fields of `options`.
     assert make_model(SOURCES, options=options, target_weight=2.0).options.target_weight == 2.0
+
+
+def test_persistent_step_by_hand():
+    w = tf.constant([[1.0, 2.95], [0.01, 1.0]])
+    u = tf.constant([[0.5, 1.0], [-1.0, -0.25]])
+    got = weights.persistent_step(w, u, 0.1, 3.0).numpy()
+    np.testing.assert_allclose(got, [[1.05, 3.0], [0.0, 0.975]], rtol=1e-6)
+
+
+def test_persistent_weights_start_at_one_move_by_the_cosine_and_persist():
+    model = make_model(SOURCES, mixing="persistent", alignment="cosine", persistent_step_size=0.1)
+    state = model.rule.weights
+    assert any(v is state for v in model.non_trainable_variables)  # checkpointed with the model
+    np.testing.assert_array_equal(state.numpy(), 1.0)
+    batch = random_batch(SOURCES, seed=0)
+    # The expected cosines, from this batch's gradients at the current weights.
+    streams, target = model._stream_batches(batch)
+    grads = [model.stream_gradients(s)[1] for s in streams]
+    target_grads = model.stream_gradients(target)[1]
+    cos = weights.layer_alignment(
+        target_grads, grads, model.mixing_layer_ids, model.num_mixing_layers, "cosine"
+    ).numpy()
+    step = tf.function(model.train_step)
+    step(batch)
+    expected = np.clip(1.0 + 0.1 * cos, 0.0, 3.0)
+    np.testing.assert_allclose(state.numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.mixing_weights.numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected - 1.0).max() > 1e-3
+    # The next step starts from the stored weights.
+    step(random_batch(SOURCES, seed=1))
+    assert np.abs(state.numpy() - expected).max() > 1e-4
+
+
+def test_a_skipped_batch_leaves_the_persistent_weights():
+    model = make_model(SOURCES, mixing="persistent", alignment="cosine", on_nonfinite="skip")
+    step = tf.function(model.train_step)
+    step(random_batch(SOURCES, seed=0))
+    before = model.rule.weights.numpy()
+    batch = random_batch(SOURCES, seed=1)
+    x, y = batch["target"]
+    batch["target"] = (x * np.nan, y)
+    step(batch)
+    assert int(model.nonfinite_skipped.numpy()) == 1
+    np.testing.assert_array_equal(model.rule.weights.numpy(), before)

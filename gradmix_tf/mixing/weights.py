@@ -158,3 +158,34 @@ def mix_gradients(stream_grads, weights, layer_ids, target_grads, target_weight=
             total += tf.cast(weights[s, layer], grads[v].dtype) * grads[v]
         mixed.append(total)
     return mixed
+
+
+def layer_alignment(target_grads, stream_grads, layer_ids, num_layers: int, alignment="cosine"):
+    """u [S, L]: the alignment of each stream with the target on each layer.
+
+    Args:
+        target_grads: V gradients of the labelled target loss.
+        stream_grads: S lists of V gradients (zeros where a stream has none).
+        layer_ids: [V] int32 layer of each variable.
+        num_layers: L.
+        alignment: "dot" or "cosine" (`alignment_scores`).
+    """
+    dots, target_sq, stream_sq = per_variable_products(target_grads, stream_grads)
+    layer_ids = tf.constant(layer_ids, tf.int32)
+    return alignment_scores(
+        layer_sums(dots, layer_ids, num_layers),
+        layer_sums(target_sq, layer_ids, num_layers),
+        layer_sums(stream_sq, layer_ids, num_layers),
+        alignment,
+    )
+
+
+def persistent_step(weights, alignment, step_size: float, weight_max: float):
+    """Weights that persist across steps: w <- clip(w + step_size * u, 0, weight_max).
+
+    One step of (projected) gradient ascent on the alignment u [S, L] of each
+    stream with the target: a stream whose gradient keeps agreeing with the
+    target's gains weight, one that keeps disagreeing loses it, and no step
+    renormalises, so a layer where every source disagrees takes less from all.
+    """
+    return tf.clip_by_value(weights + step_size * alignment, 0.0, weight_max)

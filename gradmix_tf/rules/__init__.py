@@ -7,6 +7,7 @@
 | `pretrain_finetune`   | sources only, then the labelled target only              |
 | `example_reweighting` | per-example weights on the pooled sources (Ren et al.)   |
 | `pcgrad`              | gradient surgery over the streams and the target         |
+| `persistent`          | weights kept across steps, moved along the alignment     |
 
 See `gradmix_tf.rules.base` for the interface and how to add a rule.
 """
@@ -16,6 +17,7 @@ from gradmix_tf.rules import (  # noqa: F401  (each module registers its rule)
     gradmix,
     joint,
     pcgrad,
+    persistent,
     pretrain_finetune,
 )
 from gradmix_tf.rules.base import RULES, Mix, MixingRule, StreamBatch, make_rule, register_rule

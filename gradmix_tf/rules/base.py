@@ -12,6 +12,11 @@ step:
    the step: the weights w [S, L] of the streams on the target's path and
    lambda_T, from the global (all-reduced) gradients.
 
+A rule whose weights persist across steps creates its state in `build(model)`
+(model weights, so checkpoints hold them), returns the new state in
+`Mix.state`, and stores it in `assign_state`, which the model calls with the
+optimizer step, so a skipped (non-finite) batch leaves it unchanged.
+
 The maths of a rule lives in `gradmix_tf.mixing` as pure tensor functions; a
 rule object only wires it to the model. To add a rule: a module in this
 package with a `MixingRule` subclass decorated with `@register_rule("name")`,
@@ -62,11 +67,14 @@ class Mix:
         target_weight: lambda_T of this step, the labelled target's weight.
         source_head_scale: a factor on the source heads' own gradients, or
             None (they train as they are).
+        state: the rule's new state (tensors), stored by `assign_state` with
+            the step's update, so only when the step is applied.
     """
 
     weights: tf.Tensor
     target_weight: tf.Tensor | float
     source_head_scale: tf.Tensor | float | None = None
+    state: tuple = ()
 
 
 class MixingRule:
@@ -78,6 +86,15 @@ class MixingRule:
 
     def __init__(self, options):
         self.options = options
+
+    def build(self, model):
+        """Creates the rule's state, if it has any, as non-trainable model weights
+        (so that checkpoints and replicas hold it); called by `GradMixModel.build`."""
+        del model
+
+    def assign_state(self, state: tuple):
+        """Stores `Mix.state` (called inside the step's update; default: no state)."""
+        del state
 
     def prepare_streams(self, model, streams: list[StreamBatch], target: StreamBatch):
         """The stream batches the gradients are taken on (default: as they are)."""

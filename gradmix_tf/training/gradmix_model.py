@@ -175,6 +175,7 @@ class GradMixModel(keras.Model):
             aggregation="only_first_replica",
             name="mixing_weights",
         )
+        self.rule.build(self)
         self.built = True
         self._build_optimizer()
 
@@ -243,7 +244,7 @@ class GradMixModel(keras.Model):
         #    a stream is not finite.
         grads, variables = self._with_source_heads(mixed, head_grads)
         self.guard.update_if_finite(
-            nonfinite, self._update, (grads, variables, mix.weights, rho), grads
+            nonfinite, self._update, (grads, variables, mix.weights, rho, mix.state), grads
         )
         return self._train_logs(target_loss, losses, mix.weights, rho)
 
@@ -336,8 +337,9 @@ class GradMixModel(keras.Model):
             variables += self.heads[head].trainable_variables
         return grads, variables
 
-    def _update(self, grads, variables, mixing_weights, rho):
-        """Every state change of a step: r_t from rho_t (step 6), the optimizer step (7), w."""
+    def _update(self, grads, variables, mixing_weights, rho, rule_state=()):
+        """Every state change of a step: r_t from rho_t (step 6), the optimizer step (7), w
+        and the rule's state."""
         if self.options.adaptive_learning_rate:
             ema, steps, rho_mean = adaptive_lr.update_running_mean(
                 self.rho_ema, self.rho_steps, rho, self.options.rho_decay
@@ -354,6 +356,7 @@ class GradMixModel(keras.Model):
         grads = self.guard.rescale([tf.identity(g) for g in grads])
         self.optimizer.apply(grads, variables)
         self.mixing_weights.assign(mixing_weights)
+        self.rule.assign_state(rule_state)
 
     def _train_logs(self, target_loss, losses, mixing_weights, rho):
         logs = {"loss": target_loss, "loss/target": target_loss}

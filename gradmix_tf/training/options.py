@@ -27,7 +27,8 @@ class GradMixOptions:
             (weights from the meta-objective); or a baseline: "uniform" (every
             stream weight 1: joint training), "pretrain_finetune" (sources only
             for `pretrain_steps` steps, then the labelled target only),
-            "example_reweighting" (Ren et al. 2018), "pcgrad" (Yu et al. 2020).
+            "example_reweighting" (Ren et al. 2018), "pcgrad" (Yu et al. 2020);
+            or a rule under study: "persistent" (weights kept across steps).
         weight_solver: "closed_form" (one meta-gradient step from w = 0) or
             "lookahead" (the exact meta-gradient through a real look-ahead
             step from `lookahead_init`, with `stateless_call`).
@@ -57,6 +58,9 @@ class GradMixOptions:
             `training.step_guard`.
         pretrain_steps: with mixing="pretrain_finetune", the steps of source
             pre-training before target fine-tuning (> 0).
+        persistent_init, persistent_step_size, persistent_max: with
+            mixing="persistent", the weights' start (1: joint training), the
+            step along the alignment each step, and their ceiling.
         jit_mixing_weights: solve the mixing weights with the XLA-compiled
             `weights.solve_mixing_weights_jit` (pure tensors in and out, so
             it also runs under tf.distribute; the all-reduce stays outside).
@@ -79,6 +83,9 @@ class GradMixOptions:
     pseudo_label_confidence_weights: bool = True
     on_nonfinite: str = "stop"
     pretrain_steps: int = 0
+    persistent_init: float = 1.0
+    persistent_step_size: float = 0.02
+    persistent_max: float = 3.0
     jit_mixing_weights: bool = False
 
     def __post_init__(self):
@@ -120,8 +127,19 @@ class GradMixOptions:
             raise ValueError(
                 f"lookahead_step_size must be positive or None, got {self.lookahead_step_size}."
             )
+        if not 0.0 <= self.persistent_init <= self.persistent_max:
+            raise ValueError(
+                "need 0 <= persistent_init <= persistent_max, got "
+                f"{self.persistent_init}, {self.persistent_max}."
+            )
+        if not self.persistent_step_size > 0:
+            raise ValueError(
+                f"persistent_step_size must be positive, got {self.persistent_step_size}."
+            )
         # Numbers as floats, so that a config's 1 and 1.0 give the same options.
-        for field in ("target_weight", "lookahead_init", "rho_decay", "r_min", "r_max"):
+        numbers = ("target_weight", "lookahead_init", "rho_decay", "r_min", "r_max")
+        numbers += ("persistent_init", "persistent_step_size", "persistent_max")
+        for field in numbers:
             object.__setattr__(self, field, float(getattr(self, field)))
         if total != "num_streams":
             object.__setattr__(self, "weight_total", float(total))
