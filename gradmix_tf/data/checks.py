@@ -47,11 +47,24 @@ def example_kind(kind: str | None, array_rank: int | None = None) -> Kind:
 
 
 def as_float_examples(examples, name: str, kind: Kind) -> np.ndarray:
-    """Checks `[N, ...]` images or clips; returns them as float32 in [0, 1].
+    """Checks `[N, ...]` images or clips (`checked_examples`); returns float32 in [0, 1].
 
     uint8 is divided by 255 and uint16 by 65535 (16-bit pixels); other integer
-    dtypes must hold 8-bit values in [0, 255] (divided by 255); float arrays
-    must be finite and in [0, 1] (passed through unchanged).
+    dtypes (values in [0, 255]) by 255; float arrays are passed through.
+    """
+    examples = checked_examples(examples, name, kind)
+    if examples.dtype == np.uint16:
+        return examples.astype(np.float32) / 65535.0
+    if np.issubdtype(examples.dtype, np.integer):
+        examples = examples.astype(np.float32) / 255.0
+    return examples.astype(np.float32, copy=False)
+
+
+def checked_examples(examples, name: str, kind: Kind) -> np.ndarray:
+    """Checks `[N, ...]` images or clips, values included; returns them with a channel axis.
+
+    Integer dtypes other than uint8 and uint16 must hold values in [0, 255];
+    float arrays must be finite and in [0, 1].
     """
     examples = np.asarray(examples)
     if examples.ndim == kind.rank:  # grey examples get a channel axis.
@@ -67,15 +80,11 @@ def as_float_examples(examples, name: str, kind: Kind) -> np.ndarray:
         raise DataError(
             f"stream '{name}': {kind.plural} must be numeric, got dtype {examples.dtype}."
         )
-    if examples.dtype == np.uint16:
-        return examples.astype(np.float32) / 65535.0
-    if np.issubdtype(examples.dtype, np.integer):
-        if examples.dtype != np.uint8:
-            check_8_bit_values(examples, name, kind)
-        examples = examples.astype(np.float32) / 255.0
-    else:
+    if np.issubdtype(examples.dtype, np.floating):
         check_unit_range(examples, name, kind)
-    return examples.astype(np.float32, copy=False)
+    elif examples.dtype not in (np.uint8, np.uint16):
+        check_8_bit_values(examples, name, kind)
+    return examples
 
 
 def check_8_bit_values(examples: np.ndarray, name: str, kind: Kind) -> None:

@@ -59,6 +59,7 @@ from gradmix_tf.data.checks import (  # noqa: F401  (DataError: part of this mod
     DataError,
     as_float_examples,
     check_labels,
+    checked_examples,
     checked_labels,
     example_kind,
     label_ids,
@@ -316,7 +317,7 @@ class TargetSplit:
             kind: "images", "clips" or None (read from the rank).
         """
         example = example_kind(kind, np.ndim(train_images))
-        train_images = as_float_examples(train_images, name, example)  # the pool is checked
+        train_images = checked_examples(train_images, name, example)  # the whole pool
         train_labels = check_labels(train_labels, len(class_names), name)
         if len(train_images) != len(train_labels):
             raise DataError(
