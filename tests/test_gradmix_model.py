@@ -410,7 +410,7 @@ def digits_like_data(seed: int) -> MultiStreamData:
     rng = np.random.default_rng(0)
 
     def pictures(count):
-        return rng.normal(size=(count, *IMAGE_SHAPE)).astype(np.float32)
+        return rng.random((count, *IMAGE_SHAPE), np.float32)  # in [0, 1], the contract
 
     source = LabelledStream.from_arrays("source", pictures(16), np.arange(16) % 2, OTHER_CLASSES)
     target = TargetSplit.from_arrays(

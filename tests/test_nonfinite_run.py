@@ -17,7 +17,9 @@ def make_data(poison_source: bool) -> MultiStreamData:
     source_x = rng.random((8, *SHAPE), np.float32)
     if poison_source:
         source_x[:, 0, 0, 0] = np.nan  # every source image carries a NaN pixel
-    source = LabelledStream.from_arrays("usps", source_x, np.arange(8) % 3, ["a", "b", "c"])
+    # from_arrays refuses NaN; a dataset (e.g. a decoding pipeline) is checked only at run time.
+    pairs = tf.data.Dataset.from_tensor_slices((source_x, np.arange(8, dtype=np.int32) % 3))
+    source = LabelledStream.from_dataset("usps", pairs, ["a", "b", "c"])
     labels = np.arange(12) % 2
     target = TargetSplit.from_arrays(
         rng.random((12, *SHAPE), np.float32),

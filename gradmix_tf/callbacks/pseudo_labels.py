@@ -148,6 +148,11 @@ class PseudoLabeler(keras.callbacks.Callback):
     `tf.distribute` (prediction runs on the default device; the average
     reads the primary replica's values, and the swaps write every replica).
 
+    An empty T_u (size 0, e.g. a k-shot split whose shots take the whole
+    pool, or None) has nothing to label: with a model of `num_unlabelled=0`
+    (no pseudo-labelled stream) the callback logs one line at train begin
+    and does nothing else.
+
     Args:
         unlabelled: T_u; its `size` must equal the model's `num_unlabelled`.
         warmup_epochs: epochs trained before the first refresh.
@@ -170,7 +175,7 @@ class PseudoLabeler(keras.callbacks.Callback):
 
     def __init__(
         self,
-        unlabelled: UnlabelledStream,
+        unlabelled: UnlabelledStream | None,
         warmup_epochs: int = 5,
         refresh_every: int = 1,
         threshold: float = 0.9,
@@ -224,6 +229,8 @@ class PseudoLabeler(keras.callbacks.Callback):
         return done >= self.warmup_epochs and (done - self.warmup_epochs) % self.refresh_every == 0
 
     def on_train_begin(self, logs=None):
+        if self._nothing_to_label(self.model, log=True):
+            return
         self._check_model(self.model)
         if self.ema_decay:
             self._start_ema(self.model)
@@ -243,7 +250,7 @@ class PseudoLabeler(keras.callbacks.Callback):
         self._ema_update(decay)
 
     def on_epoch_end(self, epoch, logs=None):
-        if not self.refreshes_after(epoch):
+        if self._nothing_to_label(self.model) or not self.refreshes_after(epoch):
             return
         stats = self.refresh(epoch=epoch)
         if logs is not None:
@@ -258,13 +265,16 @@ class PseudoLabeler(keras.callbacks.Callback):
             epoch: only for the log line.
 
         Returns:
-            `{"pseudo_labels/acceptance": float, "pseudo_labels/precision": float}`.
+            `{"pseudo_labels/acceptance": float, "pseudo_labels/precision": float}`;
+            `{}` when T_u is empty (nothing to label).
         """
         if model is not None:
             self.set_model(model)
         model = self.model
         if model is None:
             raise ValueError("PseudoLabeler.refresh() needs a model: pass it or call set_model.")
+        if self._nothing_to_label(model):
+            return {}
         self._check_model(model)
         if self.ema_decay and self._ema_model is model:
             self._ema_swap()  # the model now holds the averages, the averages the live weights
@@ -295,6 +305,26 @@ class PseudoLabeler(keras.callbacks.Callback):
             "unknown" if self.unlabelled.true_labels is None else f"{precision:.3f}",
         )
         return {"pseudo_labels/acceptance": acceptance, "pseudo_labels/precision": precision}
+
+    def _nothing_to_label(self, model, log: bool = False) -> bool:
+        """Whether T_u is empty (or None), for a model without a pseudo-label table."""
+        if self.unlabelled is not None and self.unlabelled.size:
+            return False
+        name = "(none)" if self.unlabelled is None else f"'{self.unlabelled.name}'"
+        size = int(getattr(model, "num_unlabelled", 0) or 0)
+        if size:
+            raise ValueError(
+                f"the model's pseudo-label table has {size} rows but the unlabelled stream "
+                f"{name} has no examples: build the model with num_unlabelled=0 (no "
+                "pseudo-labelled stream)."
+            )
+        if log:
+            logging.info(
+                "Pseudo-labels: the unlabelled stream %s has no examples; nothing to label, "
+                "the model has no pseudo-labelled stream.",
+                name,
+            )
+        return True
 
     def _check_model(self, model):
         size = int(getattr(model, "num_unlabelled", 0) or 0)

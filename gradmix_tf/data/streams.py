@@ -10,7 +10,7 @@ Everything is batch-first. One training element is a dict::
     {
         "sources": ((x_1, y_1), ..., (x_K, y_K)),   # x: [B, H, W, C] or [B, T, H, W, C], y: [B]
         "target": (x_T, y_T),                      # the labelled target batch
-        "unlabelled": (x_U, ids_U),                # present when T_u is given
+        "unlabelled": (x_U, ids_U),                # present when T_u has examples
     }
 
 where B is the global batch size: every stream contributes B examples to a
@@ -37,7 +37,11 @@ argument of the constructors says which ("images" or "clips"); left at
   image; a clip `[T, H, W, C]` has the rank of a batch of images, so a
   dataset of clips needs `kind="clips"` (and a static clip shape).
 
-Integer arrays (uint8) are scaled to [0, 1] in both cases. Keep
+Values. Examples are float32 in [0, 1]. Arrays are checked: uint8 is
+divided by 255, uint16 by 65535 (16-bit pixels), other integer dtypes must
+hold values in [0, 255] (divided by 255); float arrays must be finite and
+in [0, 1] (pixel values in [0, 255]: divide by 255 first). Labels are
+integer class ids `[N]` (one-hot rows: `labels.argmax(axis=1)`). Keep
 `max_shift = 0` for clips: the random shift is for images (the video
 trunks crop in time themselves).
 """
@@ -55,8 +59,10 @@ from gradmix_tf.data.checks import (  # noqa: F401  (DataError: part of this mod
     DataError,
     as_float_examples,
     check_labels,
+    checked_examples,
     checked_labels,
     example_kind,
+    label_ids,
 )
 
 _SHUFFLE_BUFFER = 10_000
@@ -96,11 +102,12 @@ class LabelledStream:
         *,
         kind: str | None = None,
     ) -> LabelledStream:
-        """Builds a stream from numpy arrays (uint8 images or clips are scaled to [0, 1]).
+        """Builds a stream from numpy arrays (values: see the module docstring).
 
         Args:
-            images: images `[N, H, W(, C)]` or clips `[N, T, H, W(, C)]`.
-            labels: `[N]` class ids in `[0, len(class_names))`.
+            images: images `[N, H, W(, C)]` or clips `[N, T, H, W(, C)]`: uint8,
+                uint16, or float in [0, 1].
+            labels: `[N]` integer class ids in `[0, len(class_names))`.
             kind: "images", "clips" or None (read from the rank; see the
                 module docstring: grey clips `[N, T, H, W]` need "clips").
         """
@@ -148,6 +155,12 @@ class LabelledStream:
             raise DataError(
                 f"stream '{name}': {kind.plural} must be unbatched [{kind.axes}, C], "
                 f"got {spec[0].shape}."
+            )
+        if spec[1].shape.rank:
+            raise DataError(
+                f"stream '{name}': labels must be integer class ids (shape []), got label "
+                f"shape {spec[1].shape} (one-hot or class-probability rows?): map the dataset "
+                "with lambda x, y: (x, tf.argmax(y, axis=-1))."
             )
         if kind is KINDS["clips"] and not spec[0].shape.is_fully_defined():
             raise DataError(
@@ -208,8 +221,22 @@ class UnlabelledStream:
         ids = np.arange(len(images), dtype=np.int32)
         dataset = tf.data.Dataset.from_tensor_slices((images, ids))
         if true_labels is not None:
-            true_labels = np.asarray(true_labels, dtype=np.int32)
+            true_labels = label_ids(true_labels, name, "true_labels")
+            if len(true_labels) != len(images):
+                raise DataError(
+                    f"stream '{name}': {len(images)} {kind.plural} but {len(true_labels)} "
+                    "true_labels."
+                )
         return cls(name, dataset, len(images), true_labels)
+
+    @classmethod
+    def empty(cls, name: str, image_shape: Sequence[int]) -> UnlabelledStream:
+        """A stream of no examples (size 0) of `image_shape`, e.g. the unlabelled set of a
+        k-shot split whose shots take the whole pool. A model for it has no pseudo-labelled
+        stream (`num_unlabelled=0`), and `PseudoLabeler` on it does nothing."""
+        images = np.zeros([0, *image_shape], np.float32)
+        dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros([0], np.int32)))
+        return cls(name, dataset, 0, np.zeros([0], np.int32))
 
     @classmethod
     def from_dataset(cls, name: str, dataset: tf.data.Dataset, size: int) -> UnlabelledStream:
@@ -254,7 +281,11 @@ def k_shot_indices(labels, shots_per_class: int, seed: int) -> tuple[np.ndarray,
 
 @dataclasses.dataclass
 class TargetSplit:
-    """The target's labelled set T_l, unlabelled set T_u and test set."""
+    """The target's labelled set T_l, unlabelled set T_u and test set.
+
+    `unlabelled` is None in the oracle setting (no k-shot split); a k-shot
+    split always has one, empty (size 0) when the shots take the whole pool.
+    """
 
     labelled: LabelledStream
     unlabelled: UnlabelledStream | None
@@ -280,16 +311,23 @@ class TargetSplit:
             train_images, test_images: images or clips (see `LabelledStream.from_arrays`).
             shots_per_class: labelled examples a class (drawn from `seed`); the
                 rest become the unlabelled set, with their true labels kept
-                only for pseudo-label precision. `None` labels the whole pool
-                (the oracle setting) and leaves no unlabelled set.
+                only for pseudo-label precision (an empty set when no example
+                is left). `None` labels the whole pool (the oracle setting)
+                and leaves no unlabelled set (None).
             kind: "images", "clips" or None (read from the rank).
         """
-        train_labels = np.asarray(train_labels)
+        example = example_kind(kind, np.ndim(train_images))
+        train_images = checked_examples(train_images, name, example)  # the whole pool
+        train_labels = check_labels(train_labels, len(class_names), name)
+        if len(train_images) != len(train_labels):
+            raise DataError(
+                f"stream '{name}': {len(train_images)} {example.plural} but "
+                f"{len(train_labels)} labels."
+            )
         if shots_per_class is None:
             labelled, rest = np.arange(len(train_labels)), np.zeros([0], np.int64)
         else:
             labelled, rest = k_shot_indices(train_labels, shots_per_class, seed)
-        train_images = np.asarray(train_images)
         labelled_stream = LabelledStream.from_arrays(
             name, train_images[labelled], train_labels[labelled], class_names, kind=kind
         )
@@ -297,6 +335,10 @@ class TargetSplit:
         if len(rest):
             unlabelled_stream = UnlabelledStream.from_arrays(
                 f"{name}_unlabelled", train_images[rest], train_labels[rest], kind=kind
+            )
+        elif shots_per_class is not None:
+            unlabelled_stream = UnlabelledStream.empty(
+                f"{name}_unlabelled", labelled_stream.image_shape
             )
         test_stream = LabelledStream.from_arrays(
             f"{name}_test", test_images, test_labels, class_names, kind=kind
@@ -375,7 +417,7 @@ class MultiStreamData:
             "sources": tuple(endless(s.dataset, i + 1) for i, s in enumerate(self.sources)),
             "target": endless(self.target.labelled.dataset, 0),
         }
-        if self.target.unlabelled is not None:
+        if self.target.unlabelled is not None and self.target.unlabelled.size:
             element["unlabelled"] = endless(self.target.unlabelled.dataset, 1000)
         return tf.data.Dataset.zip(element).prefetch(tf.data.AUTOTUNE)
 
