@@ -338,8 +338,10 @@ def train_and_evaluate(
     if overwrite and chief:
         workdirs.clear_run_files(workdir)
     start_step = 0 if overwrite else restore_latest(model, checkpoints) or 0
-    if start_step:
+    if 0 < start_step < config.train.steps:
         logging.info("Resuming from step %d (checkpoint in %s)", start_step, checkpoints)
+    elif start_step:
+        logging.info("Restored the last checkpoint (step %d): evaluating and exporting", start_step)
     # Written once the data, the model and the checkpoints are known to be usable.
     workdirs.write_json(
         os.path.join(write_dir, "config.json"), config.to_json_best_effort(indent=2)

@@ -76,11 +76,14 @@ _ABSENT = object()
 
 
 def config_differences(stored: dict, config: dict) -> list[tuple[str, object, object]]:
-    """(dotted field, stored value, new value) of every compared field that differs, sorted."""
+    """(dotted field, stored value, new value) of every compared field that differs:
+    top-level fields first (`method`, `seed`), then in the order of the stored config."""
     before, after = _flatten(stored), _flatten(config)
+    fields = list(dict.fromkeys([*before, *after]))
+    fields.sort(key=lambda field: field.count("."))  # stable: the config's order within a depth
     return [
         (field, before.get(field, _ABSENT), after.get(field, _ABSENT))
-        for field in sorted(set(before) | set(after))
+        for field in fields
         if _compared(field) and before.get(field, _ABSENT) != after.get(field, _ABSENT)
     ]
 
@@ -88,12 +91,12 @@ def config_differences(stored: dict, config: dict) -> list[tuple[str, object, ob
 def _value(value) -> str:
     if value is _ABSENT:
         return "(absent)"
-    text = json.dumps(value)
+    text = repr(tuple(value) if isinstance(value, list) else value)
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def describe_differences(differences, limit: int = 3) -> str:
-    """`seed 0 -> 3, method "gradmix" -> "joint" and 2 more`."""
+def describe_differences(differences, limit: int = 4) -> str:
+    """`method 'gradmix' -> 'joint', seed 0 -> 3 and 2 more`."""
     shown = [f"{field} {_value(old)} -> {_value(new)}" for field, old, new in differences[:limit]]
     more = len(differences) - limit
     return ", ".join(shown) + (f" and {more} more" if more > 0 else "")
