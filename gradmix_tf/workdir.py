@@ -60,8 +60,6 @@ def config_as_dict(config: ml_collections.ConfigDict) -> dict:
 def _flatten(tree, prefix: str = "") -> dict:
     if not isinstance(tree, dict):
         return {prefix: tree}
-    if not tree and prefix:
-        return {prefix: {}}
     flat = {}
     for key, value in tree.items():
         flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
