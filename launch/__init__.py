@@ -13,8 +13,9 @@ or more, it keeps TensorFlow's notices off a run's output:
   before any log level applies ("oneDNN custom operations are on", "Could not find cuda
   drivers", the CPU instruction notice) held back; any other line printed meanwhile (an
   error, a Python warning) is printed as usual.
-- TensorFlow's Python INFO logs (the SavedModel writer's, the checkpoint saver's, logged
-  with `logging` or absl) are off; the project's own INFO logs (absl) stay.
+- TensorFlow's and TFDS's Python INFO logs (the SavedModel writer's, the checkpoint
+  saver's, ...) are off, and so is TFDS's warning "Variant folder ... has no
+  dataset_info.json" for a dataset not prepared yet; the project's own logs stay.
 
 Errors: `launch/errors.py` (one line and exit code 2 for a user's mistake).
 """
@@ -80,7 +81,13 @@ def _quiet_tensorflow():
 
 
 def _no_tensorflow_info(record: logging.LogRecord) -> bool:
-    return record.levelno > logging.INFO or f"{os.sep}tensorflow{os.sep}" not in record.pathname
+    """Drops TensorFlow's and TFDS's INFO records, and TFDS's warning that a dataset
+    version it looked for is not there (a dataset not prepared yet, which the launchers
+    report themselves)."""
+    path = record.pathname
+    if f"{os.sep}tensorflow_datasets{os.sep}" in path:
+        return record.levelno > logging.INFO and not str(record.msg).startswith("Variant folder")
+    return record.levelno > logging.INFO or f"{os.sep}tensorflow{os.sep}" not in path
 
 
 # `python -m launch.<name>`: while the package is imported, sys.argv[0] is "-m".

@@ -25,6 +25,7 @@ import re
 import sys
 
 from absl import app, flags
+from ml_collections.config_flags.config_flags import is_config_flag
 
 from gradmix_tf.errors import UserError
 
@@ -94,13 +95,18 @@ def _flag_error(error: flags.Error) -> str:
 def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing with every error as one line and exit code 2 (`fail`)."""
     try:
-        return flags.FLAGS(argv)
+        remaining = flags.FLAGS(argv)
+        for name in list(flags.FLAGS):
+            if is_config_flag(flags.FLAGS[name]):  # a config that failed to load raises on use
+                getattr(flags.FLAGS[name].value, "keys", None)
+        return remaining
     except flags.Error as error:
         fail(_flag_error(error))
     except AttributeError as error:  # config_flags: `--config.x=...` of a field not in the config
         fail(_unknown_field(error, argv))
     except OSError as error:  # config_flags: the config file cannot be read
         reason = [line for line in str(error).splitlines() if line.strip()][-1].strip()
+        reason = reason.split("failure to load: ")[-1]
         fail(f"--{_config_arg(argv)}: cannot load the config file: {reason}")
 
 

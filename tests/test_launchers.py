@@ -28,8 +28,10 @@ SOURCE_AND_PSEUDO_LABEL_STREAMS = {*digits.SOURCE_STREAMS, "pseudo_labels"}
 
 
 def run(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `python -m module args...` from the repository root."""
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    """Runs `python -m module args...` from the repository root, with the launchers' own
+    TensorFlow log settings (launch/__init__.py)."""
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=REPO_ROOT,
@@ -160,5 +162,7 @@ def test_rerun_of_a_finished_run_reports_it_and_writes_nothing(workdir, results,
     assert completed.returncode == 0, log
     assert f"{copy} holds a finished run ({SMOKE_STEPS} steps" in completed.stderr, log
     assert "Epoch " not in log and "Resuming" not in log, log  # nothing trained or restored
+    for notice in ("cuInit", "oneDNN", "shuffle=True"):  # quiet by default
+        assert notice not in completed.stderr, log
     assert file_hashes(copy) == before  # results.json (train_seconds) and export untouched
     assert json.loads(completed.stdout) == results
