@@ -11,6 +11,10 @@ around `train_and_evaluate` and `evaluate_workdir`. A work directory holds:
     results.json        target test accuracy, final mixing weights, timings
     export/             the target model as a SavedModel (`serve` endpoint)
 
+A work directory records one experiment (`gradmix_tf.workdir`): a rerun with
+another config is refused before anything is written, a finished run is
+reported as it is (`force_eval` evaluates it again, `overwrite` starts afresh).
+
 Resuming. Running `train_and_evaluate` again on a work directory continues
 from its newest checkpoint that restores (`restore_latest`) and ends with the
 same weights and results as a run that was never interrupted; only the steps

@@ -17,11 +17,18 @@ import subprocess
 import sys
 import time
 
+import keras
 import pytest
+from tensorflow.python.framework import config as tf_config
 
 from configs import digits as digits_config
 from gradmix_tf import experiment, workdir
-from gradmix_tf.errors import CheckpointError, NotAWorkdirError, WorkdirError
+from gradmix_tf.errors import (
+    CheckpointError,
+    NotAWorkdirError,
+    TrainingStoppedError,
+    WorkdirError,
+)
 from tests.workdir_testing import REPO_ROOT, file_hashes, output_of, run_launcher
 
 SMOKE = "configs/digits.py:smoke"
@@ -33,6 +40,17 @@ def smoke_config(**overrides):
         group, _, name = field.rpartition(".")
         (config[group] if group else config)[name] = value
     return config
+
+
+@pytest.fixture(autouse=True)
+def op_determinism_kept():
+    """A run turns on op determinism (train.deterministic) for the process: undo it, as
+    the session's smoke run does (tests/conftest.py)."""
+    deterministic = tf_config.is_op_determinism_enabled()
+    yield
+    if not deterministic:
+        tf_config.disable_op_determinism()
+    keras.backend.clear_session()
 
 
 @pytest.fixture
@@ -165,6 +183,13 @@ def test_evaluate_needs_a_work_directory_with_a_checkpoint(smoke_workdir, tmp_pa
     shutil.copy(os.path.join(smoke_workdir, "config.json"), tmp_path)
     with pytest.raises(CheckpointError, match="no checkpoint in"):
         experiment.evaluate_workdir(str(tmp_path))
+
+
+def test_a_diverging_run_stops_with_a_training_stopped_error(tmp_path):
+    config = smoke_config(**{"optimizer.learning_rate": 1e30, "train.verbose": 0})
+    with pytest.raises(TrainingStoppedError, match=r"^Non-finite \(NaN or Inf\) loss .* step 2 "):
+        experiment.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "results.json")
 
 
 # ------------------------------------------------------------- kill -9, slow
