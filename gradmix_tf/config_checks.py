@@ -62,8 +62,6 @@ CHOICES = {
     "train.precision": distribute.PRECISIONS,
     "train.jit_compile": JIT_COMPILE,
     "train.verbose": VERBOSE,
-    "data.task": tuple(TASKS),
-    "model.trunk": tuple(TRUNKS),
 }
 RANGES = {  # field: (low, high, what), both ends included unless noted in `what`
     "optimizer.learning_rate": (0.0, math.inf, "a positive number"),
@@ -145,6 +143,12 @@ def check_config(config: ml_collections.ConfigDict):
     """Raises `ConfigError` naming the first field of `config` with a value the run cannot use."""
     _check_counts(config)
     _check_names_and_ranges(config)
+    for name, known in (("data.task", TASKS), ("model.trunk", TRUNKS)):  # registries may grow
+        value = config[name.split(".")[0]][name.split(".")[1]]
+        if value not in known:
+            raise ConfigError(
+                f"{name} must be one of {', '.join(map(repr, known))}; got {value!r}."
+            )
     model = dict(config.model)
     _check_options_of("model", TRUNKS[model.pop("trunk")], model, f"trunk {config.model.trunk!r}")
     options = dict(config.data.get("task_options") or {})
