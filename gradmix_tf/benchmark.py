@@ -5,7 +5,9 @@
 `OUT/runs/<method>/seed_<n>`, so the same data, network, optimizer, step
 budget and seeds hold for all methods (a method only fixes a few config
 fields, `experiment.METHODS`). It is resumable: a run with `results.json`
-is finished and skipped, a run with checkpoints continues from them. Then
+is finished and skipped, a run with checkpoints continues from them, and a run
+directory holding a run of another config is refused before any run starts
+(`workdir.check_same_config`, the comparison `launch.train` makes). Then
 `write_reports` writes
 
     OUT/results.csv                  one row per run
@@ -33,7 +35,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gradmix_tf import experiment
+from gradmix_tf import workdir as workdirs
 from gradmix_tf.callbacks.mixing_summaries import short_layer_names
+from gradmix_tf.errors import ConfigError
 
 COLUMNS = (
     "method",
@@ -45,6 +49,8 @@ COLUMNS = (
     "pseudo_label_precision",
 )
 REFERENCE_METHODS = ("oracle",)  # upper references, not competitors
+NEW_RUN = "use another --out, or delete that run directory to train it again"
+"""How out of a changed config for a run directory (`workdir.check_same_config`)."""
 
 
 def run_dir(out: str, method: str, seed: int) -> str:
@@ -60,34 +66,6 @@ def run_config(
     config.seed = seed
     config.train.verbose = 0
     return experiment.resolve_config(config)
-
-
-def _check_same_config(workdir: str, config: ml_collections.ConfigDict):
-    """A run directory may only be reused by the config it was started with."""
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        return
-    with open(path) as f:
-        before = json.load(f)
-    now = json.loads(config.to_json_best_effort())
-    before.get("train", {}).pop("verbose", None)
-    now.get("train", {}).pop("verbose", None)
-    if before != now:
-        changed = sorted(
-            f"{group}.{name}"
-            for group in set(before) | set(now)
-            for name in set(_fields(before.get(group))) | set(_fields(now.get(group)))
-            if _fields(before.get(group)).get(name) != _fields(now.get(group)).get(name)
-        )
-        raise ValueError(
-            f"{workdir} holds a run of another config (fields that differ: "
-            f"{', '.join(changed) or 'top-level'}). Use a new --out directory, or delete that "
-            "run to train it again."
-        )
-
-
-def _fields(group) -> dict:
-    return group if isinstance(group, dict) else {"": group}
 
 
 def _row(method: str, seed: int, results: dict, wall_seconds: float) -> dict:
@@ -120,19 +98,19 @@ def run_benchmark(
     """
     unknown = [m for m in methods if m not in experiment.METHODS]
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"unknown method(s) {unknown}; known methods: {', '.join(experiment.METHODS)}."
         )
     if not methods or not seeds:
-        raise ValueError("need at least one method and one seed.")
+        raise ConfigError("need at least one method and one seed.")
     if reference is not None and reference not in methods:
-        raise ValueError(
+        raise ConfigError(
             f"the reference method {reference!r} is not among the methods run: {list(methods)}."
         )
     runs = [(m, s) for s in seeds for m in methods]  # seed-major: early rows compare methods
     configs = {(m, s): run_config(config, m, s) for m, s in runs}
-    for (m, s), run in configs.items():
-        _check_same_config(run_dir(out, m, s), run)
+    for (m, s), run in configs.items():  # before any run starts
+        workdirs.check_same_config(run_dir(out, m, s), run, ways_out=NEW_RUN)
 
     rows, durations = [], []
     for index, (method, seed) in enumerate(runs, 1):

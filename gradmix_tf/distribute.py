@@ -30,6 +30,8 @@ import tempfile
 import keras
 import tensorflow as tf
 
+from gradmix_tf.errors import ConfigError
+
 STRATEGIES = ("none", "mirrored", "multi_worker")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 
@@ -54,15 +56,15 @@ def make_strategy(name: str = "none", devices=None) -> tf.distribute.Strategy:
         return tf.distribute.MirroredStrategy(list(devices))
     if name == "multi_worker":
         if devices is not None:
-            raise ValueError("devices applies to 'mirrored' only; workers use their local GPUs.")
+            raise ConfigError("devices applies to 'mirrored' only; workers use their local GPUs.")
         if "TF_CONFIG" not in os.environ:
-            raise ValueError(
+            raise ConfigError(
                 "distribute='multi_worker' needs the cluster in the TF_CONFIG environment "
                 'variable, e.g. {"cluster": {"worker": ["host1:port", "host2:port"]}, '
                 '"task": {"type": "worker", "index": 0}} (index: this worker\'s place).'
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"distribute must be one of {STRATEGIES}, got {name!r}.")
+    raise ConfigError(f"distribute must be one of {STRATEGIES}, got {name!r}.")
 
 
 def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
@@ -110,7 +112,7 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def check_precision(precision: str) -> str:
     """`precision` if it is a Keras dtype policy this project trains with."""
     if precision not in PRECISIONS:
-        raise ValueError(f"train.precision must be one of {PRECISIONS}, got {precision!r}.")
+        raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {precision!r}.")
     return precision
 
 
@@ -141,11 +143,11 @@ def jit_compile_option(value) -> bool | str:
     """
     options = {"auto": "auto", "on": True, "off": False, True: True, False: False}
     if value not in options:
-        raise ValueError(f"train.jit_compile must be 'auto', 'on' or 'off', got {value!r}.")
+        raise ConfigError(f"train.jit_compile must be 'auto', 'on' or 'off', got {value!r}.")
     value = options[value]
     replicas = tf.distribute.get_strategy().num_replicas_in_sync
     if value is True and replicas > 1:
-        raise ValueError(
+        raise ConfigError(
             f"train.jit_compile='on' compiles the whole step with XLA, which Keras 3 cannot do "
             f"under tf.distribute ({replicas} replicas): use 'auto' or 'off' (the mixing-weight "
             "solve alone is still compiled with gradmix.jit_mixing_weights=True)."

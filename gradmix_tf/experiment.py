@@ -11,6 +11,10 @@ around `train_and_evaluate` and `evaluate_workdir`. A work directory holds:
     results.json        target test accuracy, final mixing weights, timings
     export/             the target model as a SavedModel (`serve` endpoint)
 
+A work directory records one experiment (`gradmix_tf.workdir`): a rerun with
+another config is refused before anything is written, a finished run is
+reported as it is (`force_eval` evaluates it again, `overwrite` starts afresh).
+
 Resuming. Running `train_and_evaluate` again on a work directory continues
 from its newest checkpoint that restores (`restore_latest`) and ends with the
 same weights and results as a run that was never interrupted; only the steps
@@ -31,8 +35,8 @@ since that checkpoint are repeated. This rests on three facts:
 from __future__ import annotations
 
 import csv
-import json
 import os
+import re
 import time
 
 import keras
@@ -42,10 +46,13 @@ import tensorflow as tf
 from absl import logging
 
 from gradmix_tf import distribute
+from gradmix_tf import workdir as workdirs
 from gradmix_tf.callbacks.checkpoints import Checkpointer, batches_consumed, restore_latest
 from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
 from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
+from gradmix_tf.config_checks import check_config
 from gradmix_tf.data.streams import MultiStreamData
+from gradmix_tf.errors import CheckpointError, ConfigError, TrainingStoppedError
 from gradmix_tf.export.saved_model import export_target_model
 from gradmix_tf.networks import TRUNKS
 from gradmix_tf.tasks import load_task
@@ -77,28 +84,23 @@ METHODS = {
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """Checks a config and applies its method's preset; returns a copy."""
+    """Checks a config and applies its method's preset; returns a copy.
+
+    Raises:
+        ConfigError: (a ValueError) naming the first field whose value the run cannot use
+            (`gradmix_tf.config_checks`), before any data is loaded.
+    """
     if config.method not in METHODS:
-        raise ValueError(f"unknown method {config.method!r}; known methods: {sorted(METHODS)}.")
+        raise ConfigError(f"unknown method {config.method!r}; known methods: {', '.join(METHODS)}.")
     if config.model.trunk not in TRUNKS:
-        raise ValueError(f"unknown trunk {config.model.trunk!r}; known trunks: {sorted(TRUNKS)}.")
+        raise ConfigError(
+            f"unknown trunk {config.model.trunk!r}; known trunks: {', '.join(TRUNKS)}."
+        )
     resolved = ml_collections.ConfigDict(config.to_dict())
     for field, value in METHODS[config.method].items():
         group, name = field.split(".")
         resolved[group][name] = value
-    train = resolved.train
-    for field in ("batch_size", "steps", "steps_per_epoch", "checkpoint_every_steps"):
-        if train[field] <= 0:
-            raise ValueError(f"train.{field} must be positive, got {train[field]}.")
-    for field in ("steps", "checkpoint_every_steps"):
-        if train[field] % train.steps_per_epoch:
-            raise ValueError(
-                f"train.{field} ({train[field]}) must be a multiple of train.steps_per_epoch "
-                f"({train.steps_per_epoch}): training runs whole epochs and checkpoints only at "
-                "epoch ends, so that a resumed run repeats the uninterrupted one exactly."
-            )
-    if resolved.data.shots_per_class < 0:
-        raise ValueError("data.shots_per_class must be >= 0 (0 labels the whole target pool).")
+    check_config(resolved)
     return resolved
 
 
@@ -146,14 +148,14 @@ def build_optimizer(config: ml_collections.ConfigDict) -> keras.optimizers.Optim
     if opt.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(learning_rate, config.train.steps)
     elif opt.schedule != "constant":
-        raise ValueError(
+        raise ConfigError(
             f"optimizer.schedule must be 'constant' or 'cosine', got {opt.schedule!r}."
         )
     if opt.name == "adam":
         return keras.optimizers.Adam(learning_rate)
     if opt.name == "sgd":
         return keras.optimizers.SGD(learning_rate, momentum=opt.momentum)
-    raise ValueError(f"optimizer.name must be 'adam' or 'sgd', got {opt.name!r}.")
+    raise ConfigError(f"optimizer.name must be 'adam' or 'sgd', got {opt.name!r}.")
 
 
 def train_batches(
@@ -274,35 +276,10 @@ def mixing_weight_summary(model: GradMixModel) -> dict:
     }
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains (resuming from `workdir` if it has a checkpoint), evaluates and exports.
-
-    A rerun after a kill resumes from the newest checkpoint that restores and
-    ends with the uninterrupted run's weights and results (module docstring);
-    a rerun of a finished run trains no further.
-    """
-    config = resolve_config(config)
-    # The strategy first: a multi-worker strategy must exist before any op runs.
-    strategy = distribute.make_strategy(config.train.get("distribute", "none"))
-    chief = distribute.is_chief(strategy)
-    # Only the chief writes `workdir`; other workers write a private copy.
-    write_dir = workdir if chief else distribute.worker_directory(workdir)
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(write_dir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
-    seed_everything(config)
-
-    data = build_data(config)
-    with strategy.scope(), distribute.precision_policy(config.train.get("precision", "float32")):
-        model = build_model(config, data)
-    checkpoints = os.path.join(workdir, "checkpoints")
-    start_step = restore_latest(model, checkpoints) or 0
-    if start_step:
-        logging.info("Resuming from step %d (checkpoint in %s)", start_step, checkpoints)
-
+def _fit(model, data, config, write_dir, start_step):
+    """Trains from `start_step` to `train.steps`; a non-finite stop is a `TrainingStoppedError`."""
     train = config.train
-    started = time.time()
-    if start_step < train.steps:
+    try:
         model.fit(
             distribute.shard_by_data(train_batches(data, config, start_step)),
             epochs=train.steps // train.steps_per_epoch,
@@ -310,8 +287,79 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             steps_per_epoch=train.steps_per_epoch,
             callbacks=_callbacks(config, write_dir, data, model, start_step),
             verbose=train.verbose,
+            shuffle=False,  # the data contract shuffles (Keras would warn it ignores shuffle)
         )
+    except tf.errors.InvalidArgumentError as error:
+        found = re.search(r"Non-finite \(NaN or Inf\).*?nothing was updated\.", error.message)
+        if not found:
+            raise
+        raise TrainingStoppedError(
+            f"{found.group(0)} The last checkpoint is intact: lower optimizer.learning_rate, "
+            "check that stream's data, or set --config.train.on_nonfinite=skip to skip such "
+            "batches; then rerun the same command to resume."
+        ) from None
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    overwrite: bool = False,
+    force_eval: bool = False,
+) -> dict:
+    """Trains (resuming from `workdir` if it has a checkpoint), evaluates and exports.
+
+    A work directory records one experiment (`gradmix_tf.workdir`). Before anything is
+    written: a directory holding a run of another config is refused (`WorkdirError`, the
+    differing fields named) unless `overwrite`, which deletes that run and starts afresh;
+    a finished run returns its stored results, trains and writes nothing (`force_eval`
+    evaluates and exports it again, keeping its `train_seconds`). A rerun after a kill
+    resumes from the newest checkpoint that restores and ends with the uninterrupted
+    run's weights and results (module docstring).
+    """
+    config = resolve_config(config)
+    workdirs.check_is_directory(workdir)
+    stored = not overwrite and workdirs.check_same_config(workdir, config)
+    finished = workdirs.finished_results(workdir, config.train.steps) if stored else None
+    if finished and not force_eval:
+        logging.info(
+            "%s holds a finished run (%d steps, target test accuracy %.4f): nothing to do. "
+            "--force_eval evaluates and exports it again; --overwrite trains it afresh.",
+            workdir,
+            finished.get("steps", config.train.steps),
+            finished.get("target_test_accuracy", float("nan")),
+        )
+        return finished
+    workdirs.check_writable(workdir)
+    # The strategy first: a multi-worker strategy must exist before any op runs.
+    strategy = distribute.make_strategy(config.train.get("distribute", "none"))
+    chief = distribute.is_chief(strategy)
+    # Only the chief writes `workdir`; other workers write a private copy.
+    write_dir = workdir if chief else distribute.worker_directory(workdir)
+    seed_everything(config)
+
+    data = build_data(config)
+    with strategy.scope(), distribute.precision_policy(config.train.get("precision", "float32")):
+        model = build_model(config, data)
+    checkpoints = os.path.join(workdir, "checkpoints")
+    if overwrite and chief:
+        workdirs.clear_run_files(workdir)
+    start_step = 0 if overwrite else restore_latest(model, checkpoints) or 0
+    if 0 < start_step < config.train.steps:
+        logging.info("Resuming from step %d (checkpoint in %s)", start_step, checkpoints)
+    elif start_step:
+        logging.info("Restored the last checkpoint (step %d): evaluating and exporting", start_step)
+    # Written once the data, the model and the checkpoints are known to be usable.
+    workdirs.write_json(
+        os.path.join(write_dir, "config.json"), config.to_json_best_effort(indent=2)
+    )
+
+    train = config.train
+    started = time.time()
+    if start_step < train.steps:
+        _fit(model, data, config, write_dir, start_step)
     train_seconds = time.time() - started
+    if finished:  # evaluated again: the training time is the one measured when it trained
+        train_seconds = finished.get("train_seconds", train_seconds)
 
     results = {
         "method": config.method,
@@ -329,8 +377,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if not chief:
         distribute.remove_worker_directory(workdir, write_dir)
         return results
-    with open(os.path.join(workdir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    workdirs.write_json(os.path.join(workdir, "results.json"), results)
     export_target_model(
         model, os.path.join(workdir, "export"), data.image_shape, data.target_class_names
     )
@@ -341,13 +388,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 
 def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            f"{path} not found: {workdir} is not a work directory of `python -m launch.train`."
-        )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    """The config a work directory was trained with (`NotAWorkdirError` without one)."""
+    return workdirs.load_config(workdir)
 
 
 def evaluate_workdir(workdir: str) -> dict:
@@ -359,8 +401,10 @@ def evaluate_workdir(workdir: str) -> dict:
         model = build_model(config, data)
     step = restore_latest(model, os.path.join(workdir, "checkpoints"))
     if step is None:
-        raise FileNotFoundError(f"no checkpoint in {os.path.join(workdir, 'checkpoints')}.")
+        raise CheckpointError(
+            f"no checkpoint in {os.path.join(workdir, 'checkpoints')}: the run saved none yet "
+            "(one is written every train.checkpoint_every_steps steps)."
+        )
     results = {"step": step, **evaluate(model, data, config.train.eval_batch_size)}
-    with open(os.path.join(workdir, "evaluation.json"), "w") as f:
-        json.dump(results, f, indent=2)
+    workdirs.write_json(os.path.join(workdir, "evaluation.json"), results)
     return results

@@ -53,6 +53,7 @@ from ml_collections import config_flags  # noqa: E402
 from gradmix_tf import experiment  # noqa: E402
 from gradmix_tf.data.streams import MultiStreamData  # noqa: E402
 from gradmix_tf.training.gradmix_model import GradMixModel, cross_entropy  # noqa: E402
+from launch import errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
 _NUM_SOURCES = flags.DEFINE_list("num_sources", ["1", "2", "4", "8"], "The values of K to time.")
@@ -244,4 +245,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

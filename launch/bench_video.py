@@ -19,6 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gradmix_tf import experiment
+from launch import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
 _STEPS = flags.DEFINE_integer("steps", 30, "Timed steps in each measurement.")
@@ -52,15 +53,15 @@ def main(argv):
     input_seconds = (time.perf_counter() - started) / steps
 
     in_memory = tf.data.Dataset.from_tensors(batch).repeat()
-    model.fit(in_memory, epochs=1, steps_per_epoch=warmup, verbose=0)
+    model.fit(in_memory, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
     started = time.perf_counter()
-    model.fit(in_memory, epochs=1, steps_per_epoch=steps, verbose=0)
+    model.fit(in_memory, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
     step_seconds = (time.perf_counter() - started) / steps
 
     dataset = experiment.train_batches(data, config)
-    model.fit(dataset, epochs=1, steps_per_epoch=warmup, verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=warmup, verbose=0, shuffle=False)
     started = time.perf_counter()
-    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0)
+    model.fit(dataset, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
     fit_seconds = (time.perf_counter() - started) / steps
 
     print(
@@ -82,4 +83,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

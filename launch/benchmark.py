@@ -20,7 +20,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from gradmix_tf import benchmark, experiment
-from launch.errors import user_errors
+from launch import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
 _METHODS = flags.DEFINE_list(
@@ -50,13 +50,12 @@ def main(argv):
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
     if "benchmark" in config:
         del config["benchmark"]
-    with user_errors():
-        benchmark.run_benchmark(
-            config, methods, list(range(seeds)), _OUT.value, reference=_REFERENCE.value
-        )
+    benchmark.run_benchmark(
+        config, methods, list(range(seeds)), _OUT.value, reference=_REFERENCE.value
+    )
     print(open(f"{_OUT.value}/summary.md").read())
     print(f"results: {_OUT.value}/results.csv, plots: {_OUT.value}/summary.png")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

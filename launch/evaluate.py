@@ -8,7 +8,7 @@ import json
 from absl import app, flags
 
 from gradmix_tf import experiment
-from launch.errors import user_errors
+from launch import errors
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A work directory of launch.train.")
 flags.mark_flags_as_required(["workdir"])
@@ -17,10 +17,9 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    with user_errors():
-        results = experiment.evaluate_workdir(_WORKDIR.value)
+    results = experiment.evaluate_workdir(_WORKDIR.value)
     print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

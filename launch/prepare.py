@@ -22,6 +22,7 @@ import os
 from absl import app, flags
 
 from gradmix_tf.datasets import manual_files, preparation
+from launch import errors
 
 _DATASET = flags.DEFINE_string("dataset", None, "A TFDS name, e.g. usps, mnist_m, hmdb51/split1.")
 _MANUAL_DIR = flags.DEFINE_string(
@@ -52,14 +53,11 @@ def main(argv):
         )
         print(f"wrote {len(written)} manual file(s)/folder(s) to {manual_dir}")
         builder_kwargs = {"verify_checksums": False}
-    try:
-        sizes = preparation.prepare(
-            name, _DATA_DIR.value, manual_dir, download=_DOWNLOAD.value, **builder_kwargs
-        )
-    except preparation.DatasetNotReadyError as err:
-        raise SystemExit(f"error: {err}") from None
+    sizes = preparation.prepare(
+        name, _DATA_DIR.value, manual_dir, download=_DOWNLOAD.value, **builder_kwargs
+    )
     print(f"{name}: " + ", ".join(f"{split} {size}" for split, size in sorted(sizes.items())))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

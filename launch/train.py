@@ -10,7 +10,11 @@ r"""Trains GradMix (or a baseline) from a config, evaluates it and exports the t
 
 Rerunning the same command on an existing work directory resumes from its latest
 checkpoint and ends with the same result as an uninterrupted run (checkpoints are written at
-epoch ends, so `train.steps` and `train.checkpoint_every_steps` are whole epochs).
+epoch ends, so `train.steps` and `train.checkpoint_every_steps` are whole epochs). A work
+directory records one experiment: another config (`--config.seed=3`, ...) is refused before
+anything is written, naming the fields that differ (`--overwrite` deletes the run and trains
+afresh), and a finished run is reported, not trained again (`--force_eval` evaluates and
+exports it again). A user's mistake is one line `error: ...` and exit code 2 (launch/errors.py).
 """
 
 import json
@@ -19,7 +23,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from gradmix_tf import distribute, experiment
-from launch.errors import user_errors
+from launch import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
 _WORKDIR = flags.DEFINE_string(
@@ -32,6 +36,14 @@ _DISTRIBUTE = flags.DEFINE_enum(
     "Overrides config.train.distribute: none, mirrored (this host's GPUs or logical CPUs) "
     "or multi_worker (the hosts in TF_CONFIG; run the same command on every host).",
 )
+_OVERWRITE = flags.DEFINE_boolean(
+    "overwrite",
+    False,
+    "Delete the run in --workdir (checkpoints, logs, results, export) and train afresh.",
+)
+_FORCE_EVAL = flags.DEFINE_boolean(
+    "force_eval", False, "A finished run: evaluate and export it again (results.json rewritten)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -41,10 +53,11 @@ def main(argv):
     config = _CONFIG.value
     if _DISTRIBUTE.value is not None:
         config.train.distribute = _DISTRIBUTE.value
-    with user_errors():
-        results = experiment.train_and_evaluate(config, _WORKDIR.value)
+    results = experiment.train_and_evaluate(
+        config, _WORKDIR.value, overwrite=_OVERWRITE.value, force_eval=_FORCE_EVAL.value
+    )
     print(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)

@@ -13,6 +13,7 @@ import pytest
 
 from configs import digits
 from gradmix_tf import benchmark
+from gradmix_tf.errors import WorkdirError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -128,8 +129,11 @@ def test_a_run_directory_is_not_reused_by_another_config(tmp_path):
     with open(os.path.join(workdir, "config.json"), "w") as f:
         f.write(benchmark.run_config(config, "joint", 0).to_json_best_effort())
     config.train.steps = 20
-    with pytest.raises(ValueError, match=r"another config \(fields that differ: train.steps\)"):
+    with pytest.raises(
+        WorkdirError, match=r"another config \(train.steps 30 -> 20\): use another --out"
+    ):
         benchmark.run_benchmark(config, ["joint"], [0], str(tmp_path))
+    assert os.listdir(workdir) == ["config.json"]
 
 
 @pytest.mark.slow

@@ -18,7 +18,8 @@ PACKAGE = "gradmix_tf"
 PACKAGE_DIR = pathlib.Path(__file__).resolve().parents[1] / PACKAGE
 
 STAGES = (
-    "distribute",  # gradmix_tf/distribute.py: imports no gradmix_tf module
+    "errors",  # gradmix_tf/errors.py: the user errors; imports no gradmix_tf module
+    "distribute",  # gradmix_tf/distribute.py: imports only errors
     "data",  # the multi-stream data contract (images and clips), clip decoding
     "datasets",  # TFDS builders, loading (name + split -> streams), preparation, manual files
     "tasks",  # the named tasks, one registry (`load_task`)
@@ -28,6 +29,8 @@ STAGES = (
     "training",  # GradMixModel and its train step
     "callbacks",  # checkpoints, mixing summaries, pseudo-labels
     "export",  # SavedModel export and prediction
+    "config_checks",  # top-level module: the checks of a config's values
+    "workdir",  # top-level module: what a work directory holds, compared with a config
     "experiment",  # top-level module: one experiment from a config
     "benchmark",  # top-level module: many experiments
 )

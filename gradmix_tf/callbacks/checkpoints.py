@@ -41,6 +41,7 @@ import tensorflow as tf
 from absl import logging
 
 from gradmix_tf import distribute
+from gradmix_tf.errors import CheckpointError
 
 PREFIX = "ckpt"  # checkpoints are `<directory>/ckpt-<step>`
 
@@ -106,21 +107,31 @@ def _read_every_tensor(path: str):
         reader.get_tensor(name)
 
 
+def reads_back(path: str) -> bool:
+    """Whether every tensor of the checkpoint `path` (`<directory>/ckpt-<step>`) reads back."""
+    try:
+        _read_every_tensor(path)
+    except Exception:  # any failure to read makes it unusable
+        return False
+    return True
+
+
 def restore_latest(model: keras.Model, directory: str) -> int | None:
     """Restores the newest checkpoint of `directory` that reads back whole.
 
     Every tensor of a candidate is read (and checksummed) before anything is
     assigned, so a corrupt checkpoint leaves the model untouched. A candidate
-    that fails is logged as a warning naming it, and the next older one is
-    tried.
+    that fails is skipped for the next older one; once one restores, every
+    skipped one is logged as a warning naming it (when none restores, the
+    error names them all).
 
     Returns:
         the batches consumed (`batches_consumed`) at the restored checkpoint; None when `directory`
         has no checkpoint, or only unregistered ones that do not read back.
 
     Raises:
-        RuntimeError: when the state file lists checkpoints and none restores
-            (rather than silently training from scratch).
+        CheckpointError: (a RuntimeError) when the state file lists checkpoints
+            and none restores (rather than silently training from scratch).
     """
     paths, registered = checkpoint_paths(directory)
     if not paths:
@@ -134,14 +145,15 @@ def restore_latest(model: keras.Model, directory: str) -> int | None:
             training_checkpoint(model).restore(path).assert_existing_objects_matched()
         except Exception as error:  # any failure to read or match makes it unusable
             message = " ".join(str(error).split())[:300]
-            logging.warning(
-                "Checkpoint %s cannot be restored (%s: %s); trying an older one.",
-                path,
-                type(error).__name__,
-                message,
-            )
-            failures.append(f"{path}: {type(error).__name__}: {message}")
+            failures.append((path, f"{type(error).__name__}: {message}"))
             continue
+        for failed, reason in failures:  # told once the outcome is known
+            logging.warning(
+                "Checkpoint %s cannot be restored (%s); restored the older %s.",
+                failed,
+                reason,
+                path,
+            )
         step = batches_consumed(model)
         logging.info("Restored checkpoint %s (step %d).", path, step)
         return step
@@ -151,10 +163,11 @@ def restore_latest(model: keras.Model, directory: str) -> int | None:
             directory,
         )
         return None
-    raise RuntimeError(
+    reasons = "; ".join(f"{os.path.basename(path)}: {reason}" for path, reason in failures)
+    raise CheckpointError(
         f"none of the checkpoints listed in {os.path.join(directory, 'checkpoint')} can be "
-        "restored:\n  " + "\n  ".join(failures) + "\nMove the directory away to train from "
-        "scratch, or restore a copy of it."
+        f"restored ({reasons}). Move the directory away to train from scratch, or restore a "
+        "copy of it."
     )
 
 

@@ -11,9 +11,12 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from gradmix_tf.errors import UserError
 
-class DataError(ValueError):
-    """Raised when a stream violates the data contract."""
+
+class DataError(UserError, ValueError):
+    """Raised when a stream violates the data contract (a `UserError`: a launcher prints
+    it in one line and exits with code 2)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,20 +24,22 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from gradmix_tf.data.checks import DataError
+
 
 def _checked(images, labels, shape: tuple[int, ...], name: str) -> tuple[np.ndarray, np.ndarray]:
     images = np.asarray(images)
     labels = np.asarray(labels).reshape(-1)
     if images.dtype != np.uint8:
-        raise ValueError(f"{name}: images must be uint8 in 0..255, got {images.dtype}.")
+        raise DataError(f"{name}: images must be uint8 in 0..255, got {images.dtype}.")
     if images.shape[1:] != shape:
-        raise ValueError(
+        raise DataError(
             f"{name}: images must be [N, {', '.join(map(str, shape))}], got {images.shape}."
         )
     if len(images) != len(labels):
-        raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels.")
+        raise DataError(f"{name}: {len(images)} images but {len(labels)} labels.")
     if labels.size and (labels.min() < 0 or labels.max() > 9):
-        raise ValueError(f"{name}: labels must be digits 0..9.")
+        raise DataError(f"{name}: labels must be digits 0..9.")
     return images, labels.astype(np.int64)
 
 
@@ -93,7 +95,7 @@ def write_usps_libsvm(manual_dir: str, split: str, images, labels) -> list[str]:
     maps back to the same uint8 values.
     """
     if split not in ("train", "test"):
-        raise ValueError(f"usps has splits 'train' and 'test', got {split!r}.")
+        raise DataError(f"usps has splits 'train' and 'test', got {split!r}.")
     images, labels = _checked(images, labels, (16, 16), f"usps {split}")
     os.makedirs(manual_dir, exist_ok=True)
     path = os.path.join(manual_dir, "usps.bz2" if split == "train" else "usps.t.bz2")
@@ -129,7 +131,7 @@ def npz_splits(
         if not splits and {"x", "y"} <= keys:
             splits[default_split] = (data["x"], data["y"])
     if not splits:
-        raise ValueError(
+        raise DataError(
             f"{npz_path} holds {sorted(keys)}: expected x_<split>/y_<split> pairs or x/y."
         )
     return splits
@@ -166,7 +168,7 @@ def write_from_npz(
         for split, (x, y) in splits.items():
             written += write_syn_digits_mat(manual_dir, split, x, y)
     else:
-        raise ValueError(
+        raise DataError(
             f"no npz writer for dataset {dataset!r} (format {usps_format!r}); writers exist for "
             "mnist_m, usps (h5 or libsvm) and syn_digits."
         )

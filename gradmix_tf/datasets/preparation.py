@@ -27,6 +27,8 @@ import os
 import socket
 import threading
 
+from gradmix_tf.errors import UserError
+
 BUILDER_MODULES = {
     "mnist_m": "gradmix_tf.datasets.mnist_m",
     "usps": "gradmix_tf.datasets.usps",
@@ -40,7 +42,7 @@ NETWORK_PROBE_HOST = ("storage.googleapis.com", 443)
 """Where TFDS's prepared copies and many dataset files live; probed before a download."""
 
 
-class DatasetNotReadyError(RuntimeError):
+class DatasetNotReadyError(UserError, RuntimeError):
     """A dataset is neither prepared nor buildable now; the message says what to do."""
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
+from gradmix_tf.errors import ConfigError
 from gradmix_tf.mixing import weights
 from gradmix_tf.rules import RULES
 from gradmix_tf.training.step_guard import ON_NONFINITE
@@ -92,7 +93,7 @@ class GradMixOptions:
         def choice(field, allowed):
             value = getattr(self, field)
             if value not in allowed:
-                raise ValueError(f"{field} must be one of {tuple(allowed)}, got {value!r}.")
+                raise ConfigError(f"{field} must be one of {tuple(allowed)}, got {value!r}.")
 
         choice("mixing", RULES)
         choice("weight_solver", WEIGHT_SOLVERS)
@@ -101,11 +102,11 @@ class GradMixOptions:
         choice("normalization", weights.NORMALIZATIONS)
         choice("on_nonfinite", ON_NONFINITE)
         if self.weight_solver == "lookahead" and self.alignment != "dot":
-            raise ValueError(
+            raise ConfigError(
                 "weight_solver='lookahead' measures the meta-gradient: use alignment='dot'."
             )
         if not (0.0 < self.r_min <= 1.0 <= self.r_max):
-            raise ValueError(f"need 0 < r_min <= 1 <= r_max, got {self.r_min}, {self.r_max}.")
+            raise ConfigError(f"need 0 < r_min <= 1 <= r_max, got {self.r_min}, {self.r_max}.")
         total = self.weight_total
         if isinstance(total, str) and total != "num_streams":
             try:  # a config field that holds "num_streams" holds numbers as strings
@@ -113,27 +114,27 @@ class GradMixOptions:
             except ValueError:
                 pass
         if total != "num_streams" and (isinstance(total, str) or not total > 0):
-            raise ValueError(
+            raise ConfigError(
                 f"weight_total must be a positive number or 'num_streams', got {total!r}."
             )
         if not 0.0 <= self.rho_decay < 1.0:
-            raise ValueError(f"rho_decay must be in [0, 1), got {self.rho_decay}.")
+            raise ConfigError(f"rho_decay must be in [0, 1), got {self.rho_decay}.")
         if self.mixing == "pretrain_finetune" and self.pretrain_steps <= 0:
-            raise ValueError(
+            raise ConfigError(
                 "mixing='pretrain_finetune' needs pretrain_steps > 0 (the steps of source "
                 f"pre-training), got {self.pretrain_steps}."
             )
         if self.lookahead_step_size is not None and not self.lookahead_step_size > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"lookahead_step_size must be positive or None, got {self.lookahead_step_size}."
             )
         if not 0.0 <= self.persistent_init <= self.persistent_max:
-            raise ValueError(
+            raise ConfigError(
                 "need 0 <= persistent_init <= persistent_max, got "
                 f"{self.persistent_init}, {self.persistent_max}."
             )
         if not self.persistent_step_size > 0:
-            raise ValueError(
+            raise ConfigError(
                 f"persistent_step_size must be positive, got {self.persistent_step_size}."
             )
         # Numbers as floats, so that a config's 1 and 1.0 give the same options.
@@ -162,14 +163,17 @@ class GradMixOptions:
         fraction = mix.pop("pretrain_fraction", 0.5)
         unknown = set(mix) - set(cls.field_names())
         if unknown:
-            raise ValueError(f"unknown gradmix option(s) {sorted(unknown)}.")
+            raise ConfigError(f"config.gradmix: unknown gradmix option(s) {sorted(unknown)}.")
         mix["lookahead_step_size"] = mix.get("lookahead_step_size") or None
-        return cls(
-            **mix,
-            pretrain_steps=int(fraction * config.train.steps),
-            pseudo_label_confidence_weights=config.pseudo_labels.confidence_weights,
-            on_nonfinite=config.train.on_nonfinite,
-        )
+        try:
+            return cls(
+                **mix,
+                pretrain_steps=int(fraction * config.train.steps),
+                pseudo_label_confidence_weights=config.pseudo_labels.confidence_weights,
+                on_nonfinite=config.train.on_nonfinite,
+            )
+        except ConfigError as error:  # say where the option comes from
+            raise ConfigError(f"config.gradmix: {error}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

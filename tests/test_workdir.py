@@ -1,0 +1,226 @@
+"""A work directory records one experiment (`gradmix_tf.workdir`, `experiment.train_and_evaluate`).
+
+In process, on copies of the session's smoke run (tests/conftest.py): a changed config is
+refused before anything is written, a finished run is reported and not rewritten,
+`force_eval` keeps `train_seconds`, `overwrite` clears the run files. The kill -9 case runs
+the launcher and is slow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import pytest
+from tensorflow.python.framework import config as tf_config
+
+from configs import digits as digits_config
+from gradmix_tf import experiment, workdir
+from gradmix_tf.errors import (
+    CheckpointError,
+    NotAWorkdirError,
+    TrainingStoppedError,
+    WorkdirError,
+)
+from tests.workdir_testing import REPO_ROOT, file_hashes, output_of, run_launcher
+
+SMOKE = "configs/digits.py:smoke"
+
+
+def smoke_config(**overrides):
+    config = digits_config.get_config("smoke")
+    for field, value in overrides.items():
+        group, _, name = field.rpartition(".")
+        (config[group] if group else config)[name] = value
+    return config
+
+
+@pytest.fixture(autouse=True)
+def op_determinism_kept():
+    """A run turns on op determinism (train.deterministic) for the process: undo it, as
+    the session's smoke run does (tests/conftest.py)."""
+    deterministic = tf_config.is_op_determinism_enabled()
+    yield
+    if not deterministic:
+        tf_config.disable_op_determinism()
+    keras.backend.clear_session()
+
+
+@pytest.fixture
+def finished_copy(smoke_workdir, tmp_path) -> str:
+    copy = str(tmp_path / "run")
+    shutil.copytree(smoke_workdir, copy)
+    return copy
+
+
+def read_json(path: str) -> dict:
+    with open(path) as f:
+        return json.load(f)
+
+
+# ------------------------------------------------------------------- comparison
+def test_differences_name_dotted_fields_top_level_first():
+    stored = {"train": {"steps": 30, "verbose": 2}, "seed": 0, "model": {"filters": [8, 16]}}
+    config = {"train": {"steps": 20, "verbose": 0}, "seed": 3, "model": {"filters": [8]}}
+    assert workdir.config_differences(stored, config) == [
+        ("seed", 0, 3),
+        ("train.steps", 30, 20),
+        ("model.filters", [8, 16], [8]),
+    ]
+    text = workdir.describe_differences(workdir.config_differences(stored, config), limit=2)
+    assert text == "seed 0 -> 3, train.steps 30 -> 20 and 1 more"
+
+
+def test_fields_that_do_not_change_the_result_are_not_compared():
+    stored = {"train": {"verbose": 2, "distribute": "none"}, "benchmark": {"seeds": 5}}
+    config = {"train": {"verbose": 0, "distribute": "mirrored"}, "benchmark": {"seeds": 2}}
+    assert workdir.config_differences(stored, config) == []
+    added = workdir.config_differences({"data": {}}, {"data": {"task_options": {"a": 1}}})
+    assert workdir.describe_differences(added) == "data.task_options.a (absent) -> 1"
+
+
+# -------------------------------------------------------- train_and_evaluate
+@pytest.mark.parametrize(
+    "overrides, named",
+    [
+        ({"seed": 3}, "seed 0 -> 3"),
+        ({"optimizer.learning_rate": 0.01}, "optimizer.learning_rate 0.001 -> 0.01"),
+        ({"method": "joint"}, "method 'gradmix' -> 'joint'"),
+    ],
+)
+def test_a_changed_config_is_refused_and_nothing_changes(finished_copy, overrides, named):
+    before = file_hashes(finished_copy)
+    with pytest.raises(WorkdirError) as raised:
+        experiment.train_and_evaluate(smoke_config(**overrides), finished_copy)
+    message = str(raised.value)
+    assert f"{finished_copy} holds a run of another config ({named}" in message
+    assert "another --workdir" in message and "--overwrite" in message
+    assert file_hashes(finished_copy) == before
+
+
+def test_a_changed_config_names_a_few_fields_then_counts_the_rest(finished_copy):
+    config = smoke_config(**{"seed": 3, "method": "joint", "optimizer.learning_rate": 0.01})
+    with pytest.raises(
+        WorkdirError, match=r"\(method 'gradmix' -> 'joint', seed 0 -> 3, .* and 2 more\)"
+    ):
+        experiment.train_and_evaluate(config, finished_copy)
+
+
+def test_a_finished_run_is_reported_and_not_rewritten(finished_copy, caplog):
+    before = file_hashes(finished_copy)
+    with caplog.at_level(logging.INFO, logger="absl"):
+        results = experiment.train_and_evaluate(
+            smoke_config(**{"train.verbose": 0}),
+            finished_copy,  # verbose: not compared
+        )
+    assert results == read_json(os.path.join(finished_copy, "results.json"))
+    assert f"{finished_copy} holds a finished run (30 steps" in caplog.text
+    assert file_hashes(finished_copy) == before
+
+
+def test_force_eval_evaluates_again_and_keeps_train_seconds(finished_copy):
+    stored = read_json(os.path.join(finished_copy, "results.json"))
+    checkpoints = file_hashes(os.path.join(finished_copy, "checkpoints"))
+    results = experiment.train_and_evaluate(smoke_config(), finished_copy, force_eval=True)
+    assert results == read_json(os.path.join(finished_copy, "results.json"))
+    assert results["train_seconds"] == stored["train_seconds"]
+    assert results["target_test_accuracy"] == pytest.approx(stored["target_test_accuracy"])
+    assert file_hashes(os.path.join(finished_copy, "checkpoints")) == checkpoints
+
+
+def test_a_damaged_last_checkpoint_is_not_a_finished_run(finished_copy):
+    assert workdir.finished_results(finished_copy, 30) is not None
+    with open(
+        os.path.join(finished_copy, "checkpoints", "ckpt-30.data-00000-of-00001"), "r+b"
+    ) as f:
+        f.truncate(10)
+    assert workdir.finished_results(finished_copy, 30) is None
+    assert workdir.finished_results(finished_copy, 40) is None  # another step budget
+
+
+def test_overwrite_clears_the_run_files_only(finished_copy):
+    with open(os.path.join(finished_copy, "notes.txt"), "w") as f:
+        f.write("mine")
+    workdir.clear_run_files(finished_copy)
+    assert os.listdir(finished_copy) == ["notes.txt"]
+
+
+@pytest.mark.slow  # trains the smoke run again (~10 s)
+def test_overwrite_trains_the_new_config_afresh(finished_copy):
+    results = experiment.train_and_evaluate(smoke_config(seed=1), finished_copy, overwrite=True)
+    assert results["seed"] == 1 and results["steps"] == 30
+    assert read_json(os.path.join(finished_copy, "config.json"))["seed"] == 1
+
+
+def test_a_file_or_an_unwritable_path_is_refused(tmp_path):
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(WorkdirError, match="is a file, not a directory"):
+        experiment.train_and_evaluate(smoke_config(), str(path))
+    with pytest.raises(WorkdirError, match="cannot write to the work directory .*file/run"):
+        experiment.train_and_evaluate(smoke_config(), str(path / "run"))
+    assert path.read_text() == "x"
+
+
+def test_an_unreadable_config_json_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(WorkdirError, match="config.json"):
+        experiment.train_and_evaluate(smoke_config(), str(tmp_path))
+
+
+def test_evaluate_needs_a_work_directory_with_a_checkpoint(smoke_workdir, tmp_path):
+    with pytest.raises(NotAWorkdirError, match="does not exist"):
+        experiment.evaluate_workdir(str(tmp_path / "missing"))
+    with pytest.raises(NotAWorkdirError, match="has no config.json"):
+        experiment.evaluate_workdir(str(tmp_path))
+    shutil.copy(os.path.join(smoke_workdir, "config.json"), tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint in"):
+        experiment.evaluate_workdir(str(tmp_path))
+
+
+def test_a_diverging_run_stops_with_a_training_stopped_error(tmp_path):
+    config = smoke_config(**{"optimizer.learning_rate": 1e30, "train.verbose": 0})
+    with pytest.raises(TrainingStoppedError, match=r"^Non-finite \(NaN or Inf\) loss .* step 2 "):
+        experiment.train_and_evaluate(config, str(tmp_path / "run"))
+    assert not os.path.exists(tmp_path / "run" / "results.json")
+
+
+# ------------------------------------------------------------- kill -9, slow
+@pytest.mark.slow
+def test_a_killed_run_resumed_with_another_method_is_refused_and_kept(tmp_path):
+    run_dir = str(tmp_path / "run")
+    command = [sys.executable, "-m", "launch.train", f"--config={SMOKE}", f"--workdir={run_dir}"]
+    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    with open(tmp_path / "killed.log", "w") as log:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=log, stderr=log)
+        try:
+            state = os.path.join(run_dir, "checkpoints", "checkpoint")
+            deadline = time.monotonic() + 300
+            while not (os.path.exists(state) and '"ckpt-10"' in open(state).read()):
+                assert process.poll() is None and time.monotonic() < deadline
+                time.sleep(0.02)
+            process.send_signal(signal.SIGKILL)
+        finally:
+            process.kill()
+            process.wait(timeout=60)
+    before = file_hashes(run_dir)
+    assert "config.json" in before and "results.json" not in before
+
+    refused = run_launcher(
+        "launch.train", f"--config={SMOKE}", f"--workdir={run_dir}", "--config.method=joint"
+    )
+    assert refused.returncode == 2, output_of(refused)
+    (line,) = refused.stderr.splitlines()
+    assert line.startswith(f"error: {run_dir} holds a run of another config (method 'gradmix'")
+    assert file_hashes(run_dir) == before
+
+    evaluated = run_launcher("launch.evaluate", f"--workdir={run_dir}")
+    assert evaluated.returncode == 0, output_of(evaluated)
+    assert json.loads(evaluated.stdout)["step"] >= 10
