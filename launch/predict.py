@@ -17,6 +17,7 @@ import sys
 from absl import app, flags
 
 from gradmix_tf.export.predict import classify_files
+from launch import errors
 
 _MODEL = flags.DEFINE_string("model", None, "An export directory (WORKDIR/export).")
 _TOP_K = flags.DEFINE_integer("top_k", 1, "How many classes to print for each file.")
@@ -53,4 +54,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    errors.run(main)
