@@ -12,38 +12,17 @@ import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from gradmix_tf.tasks import digits
-from tests.workdir_testing import file_hashes
+from tests.workdir_testing import file_hashes, output_of
+from tests.workdir_testing import run_launcher as run
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMOKE_STEPS = 30  # configs/digits.py:smoke's train.steps
 SOURCE_AND_PSEUDO_LABEL_STREAMS = {*digits.SOURCE_STREAMS, "pseudo_labels"}
-
-
-def run(module: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Runs `python -m module args...` from the repository root, with the launchers' own
-    TensorFlow log settings (launch/__init__.py)."""
-    env = {**os.environ, "PYTHONPATH": REPO_ROOT}
-    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def output_of(completed: subprocess.CompletedProcess) -> str:
-    return f"exit {completed.returncode}\n--- stdout\n{completed.stdout}\n--- stderr\n{completed.stderr}"
 
 
 @pytest.fixture(scope="module")
