@@ -32,6 +32,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.shots_per_class = 10  # labelled target images a class; 0 = all (oracle)
     config.data.max_per_class = 0  # cap on images a class in every part; 0 = no cap
     config.data.use_sources = True
+    # Sources left out by name (leave-one-source-out ablations), e.g. ("usps_5_9",).
+    config.data.drop_sources = ()
     config.data.max_shift = 2  # augmentation: random translation of training images, pixels
 
     config.model = ml_collections.ConfigDict()

@@ -51,7 +51,7 @@ from gradmix_tf.callbacks.checkpoints import Checkpointer, batches_consumed, res
 from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
 from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
 from gradmix_tf.config_checks import check_config
-from gradmix_tf.data.streams import MultiStreamData
+from gradmix_tf.data.streams import DataError, MultiStreamData
 from gradmix_tf.errors import CheckpointError, ConfigError, TrainingStoppedError
 from gradmix_tf.export.saved_model import export_target_model
 from gradmix_tf.networks import TRUNKS
@@ -116,7 +116,17 @@ def build_data(config: ml_collections.ConfigDict) -> MultiStreamData:
         **options,
     )
     if not config.data.use_sources:
-        data = MultiStreamData([], data.target)
+        return MultiStreamData([], data.target)
+    dropped = tuple(config.data.get("drop_sources") or ())
+    if dropped:  # a leave-one-source-out ablation
+        names = [s.name for s in data.sources]
+        unknown = [n for n in dropped if n not in names]
+        if unknown:
+            raise DataError(
+                f"data.drop_sources names {unknown}, not sources of task "
+                f"{config.data.task!r}: its sources are {names}."
+            )
+        data = MultiStreamData([s for s in data.sources if s.name not in dropped], data.target)
     return data
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from configs import digits as digits_config
 from gradmix_tf import experiment
+from gradmix_tf.data.streams import DataError
 from gradmix_tf.tasks import digits
 from gradmix_tf.training.gradmix_model import PSEUDO_LABEL_STREAM
 
@@ -182,3 +183,17 @@ def test_config_typo_fails_fast_and_names_the_field(tmp_path):
     ), output
     assert not workdir.exists()  # nothing was written
     assert elapsed < 30, f"the typo took {elapsed:.1f} s to be reported"
+
+
+def test_drop_sources_leaves_one_source_out():
+    """A leave-one-source-out ablation: the named source is gone, the rest is the same."""
+    config = digits_config.get_config("smoke")
+    full = experiment.build_data(experiment.resolve_config(config))
+    config.data.drop_sources = (digits.SOURCE_UCI_STREAM,)
+    ablated = experiment.build_data(experiment.resolve_config(config))
+    assert [s.name for s in ablated.sources] == [digits.SOURCE_MNIST_STREAM]
+    assert ablated.sources[0].size == full.sources[0].size
+    assert ablated.target.labelled.size == full.target.labelled.size
+    config.data.drop_sources = ("usps_5_9",)
+    with pytest.raises(DataError, match=r"drop_sources names \['usps_5_9'\].*mnist_0_4"):
+        experiment.build_data(experiment.resolve_config(config))
