@@ -143,12 +143,15 @@ def check_config(config: ml_collections.ConfigDict):
     """Raises `ConfigError` naming the first field of `config` with a value the run cannot use."""
     _check_counts(config)
     _check_names_and_ranges(config)
-    for name, known in (("data.task", TASKS), ("model.trunk", TRUNKS)):  # registries may grow
-        value = config[name.split(".")[0]][name.split(".")[1]]
-        if value not in known:
-            raise ConfigError(
-                f"{name} must be one of {', '.join(map(repr, known))}; got {value!r}."
-            )
+    # Against the live registries, which may grow.
+    if config.data.task not in TASKS:
+        raise ConfigError(
+            f"data.task must be one of {', '.join(map(repr, TASKS))}; got {config.data.task!r}."
+        )
+    if config.model.trunk not in TRUNKS:
+        raise ConfigError(
+            f"unknown trunk {config.model.trunk!r}; known trunks: {', '.join(TRUNKS)}."
+        )
     model = dict(config.model)
     _check_options_of("model", TRUNKS[model.pop("trunk")], model, f"trunk {config.model.trunk!r}")
     options = dict(config.data.get("task_options") or {})

@@ -92,10 +92,6 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     """
     if config.method not in METHODS:
         raise ConfigError(f"unknown method {config.method!r}; known methods: {', '.join(METHODS)}.")
-    if config.model.trunk not in TRUNKS:
-        raise ConfigError(
-            f"unknown trunk {config.model.trunk!r}; known trunks: {', '.join(TRUNKS)}."
-        )
     resolved = ml_collections.ConfigDict(config.to_dict())
     for field, value in METHODS[config.method].items():
         group, name = field.split(".")
