@@ -19,7 +19,9 @@ USPS and MNIST-M are manual-download datasets. Make their manual dir from the np
 
 Development tasks with harm in them (a third source with its own head that should not help):
 `:random_source` adds MNIST 5-9 with random labels, `:unrelated_source` an unrelated photo
-task (`gradmix_tf/tasks/harmful_sources.py`); combine with smoke as `:random_source,smoke`.
+task, `:noisy_source` MNIST 5-9 with random labels in the target's label space, so that it
+shares the target's head (`gradmix_tf/tasks/harmful_sources.py`); combine with smoke as
+`:random_source,smoke`.
 
 or set the options on the command line: `--config.data.task_options.manual_dir=/tmp/manual
 --config.data.task_options.data_dir=/tmp/tfds`. Without them the task stops within seconds
@@ -35,7 +37,11 @@ import ml_collections
 
 from configs import digits
 
-EXTRA_SOURCES = {"random_source": "random_labels", "unrelated_source": "photo_patches"}
+EXTRA_SOURCES = {
+    "random_source": "random_labels",
+    "unrelated_source": "photo_patches",
+    "noisy_source": "noisy_target_labels",
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -57,6 +63,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     )
     config.data.task_options.target_size = 1000  # the first images of MNIST-M's test split
     config.data.task_options.test_per_class = 45  # the fixed test part (450 images)
-    # Sources that should not help, after MNIST and USPS: "random_labels", "photo_patches".
+    # Sources that should not help, after MNIST and USPS: "random_labels", "photo_patches",
+    # "noisy_target_labels".
     config.data.task_options.extra_sources = tuple(extras)
     return config

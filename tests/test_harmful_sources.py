@@ -52,3 +52,17 @@ def test_a_cap_and_an_unknown_name():
     assert capped.size == 40
     with pytest.raises(DataError, match="unknown extra source.*'noise'.*known"):
         harmful_sources.harmful_sources(["noise"])
+
+
+def test_noisy_target_labels_share_the_digit_head_and_are_noise():
+    stream = harmful_sources.noisy_target_label_source()
+    images, labels = arrays(stream)
+    random_images, random_labels = arrays(harmful_sources.random_label_source())
+    assert stream.name == "mnist_5_9_noisy_target_labels" and stream.size == 2500
+    np.testing.assert_array_equal(images, random_images)  # the same MNIST 5-9 images
+    assert stream.class_names == tuple(str(d) for d in range(10))  # a digit target's names
+    assert np.bincount(labels, minlength=10).min() > 200  # every class drawn
+    # Drawn apart from the other random labels, and as often equal as chance (1 in 10).
+    assert 0.05 < (labels == random_labels).mean() < 0.15
+    digits = raw.mnist_sample()[1]
+    assert 0.05 < (labels == digits[digits >= 5]).mean() < 0.15  # not the true digit

