@@ -72,6 +72,11 @@ METHODS = {
     "gradmix_no_pseudo_labels": {"pseudo_labels.enabled": False},
     # Mixing rules under study (docs/algorithm.md, "Mixing rules").
     "gradmix_persistent": {"gradmix.mixing": "persistent", "gradmix.alignment": "cosine"},
+    "gradmix_persistent_no_pseudo_labels": {
+        "gradmix.mixing": "persistent",
+        "gradmix.alignment": "cosine",
+        "pseudo_labels.enabled": False,
+    },
     # Baselines.
     "target_only": {"data.use_sources": False, **_NO_EXTRAS},
     "joint": {"gradmix.mixing": "uniform", **_NO_EXTRAS},
