@@ -5,6 +5,8 @@ r"""Runs methods x seeds of a config in one harness and writes the tables and pl
         --seeds=2 --out=/tmp/bench_smoke
     python -m launch.benchmark --config=configs/digits.py --seeds=10 --reference=joint \
         --methods=gradmix,joint,target_only --out=runs/bench_vs_joint
+    python -m launch.benchmark --config=configs/digits.py --seeds=5 --first_seed=10 \
+        --reference=joint --methods=gradmix,joint,target_only --out=runs/bench_vs_joint
 
 Every run trains in OUT/runs/<method>/seed_<n> with the same data, network,
 optimizer, step budget and seed as the others (a method fixes only a few config
@@ -26,7 +28,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (config
 _METHODS = flags.DEFINE_list(
     "methods", None, f"Comma-separated methods; known: {','.join(experiment.METHODS)}."
 )
-_SEEDS = flags.DEFINE_integer("seeds", None, "Number of seeds: runs seeds 0 .. N-1.")
+_SEEDS = flags.DEFINE_integer(
+    "seeds", None, "Number of seeds: runs seeds FIRST_SEED .. FIRST_SEED + N - 1."
+)
+_FIRST_SEED = flags.DEFINE_integer(
+    "first_seed",
+    0,
+    "The first seed: extends an earlier benchmark by more seeds in the same --out (its "
+    "finished runs are kept; the summary covers this command's seeds, launch.summarize "
+    "merges results.csv files).",
+)
 _OUT = flags.DEFINE_string("out", None, "Output directory (runs, results.csv, summary.*).")
 _REFERENCE = flags.DEFINE_string(
     "reference",
@@ -46,12 +57,18 @@ def main(argv):
     seeds = _SEEDS.value if _SEEDS.value is not None else int(defaults.get("seeds", 5))
     if seeds <= 0:
         raise app.UsageError(f"--seeds must be positive, got {seeds}.")
+    if _FIRST_SEED.value < 0:
+        raise app.UsageError(f"--first_seed must be >= 0, got {_FIRST_SEED.value}.")
     logging.set_verbosity(logging.WARNING)  # one progress line per run
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
     if "benchmark" in config:
         del config["benchmark"]
     benchmark.run_benchmark(
-        config, methods, list(range(seeds)), _OUT.value, reference=_REFERENCE.value
+        config,
+        methods,
+        list(range(_FIRST_SEED.value, _FIRST_SEED.value + seeds)),
+        _OUT.value,
+        reference=_REFERENCE.value,
     )
     print(open(f"{_OUT.value}/summary.md").read())
     print(f"results: {_OUT.value}/results.csv, plots: {_OUT.value}/summary.png")
