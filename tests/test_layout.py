@@ -33,6 +33,7 @@ STAGES = (
     "workdir",  # top-level module: what a work directory holds, compared with a config
     "experiment",  # top-level module: one experiment from a config
     "benchmark",  # top-level module: many experiments
+    "source_study",  # top-level module: source usefulness against mixing weights
 )
 """Subpackages and top-level modules of gradmix_tf, in the order the data flows.
 
