@@ -18,6 +18,7 @@ import ml_collections
 from gradmix_tf import distribute
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.networks import TRUNKS
+from gradmix_tf.networks.backbones import check_backbone
 from gradmix_tf.tasks import TASKS, task_builder
 from gradmix_tf.training.options import GradMixOptions
 from gradmix_tf.training.step_guard import ON_NONFINITE
@@ -43,6 +44,8 @@ COUNTS = (  # >= 0
     "data.max_per_class",
     "data.max_shift",
     "pseudo_labels.warmup_epochs",
+    "model.freeze_layers",
+    "model.image_size",
 )
 FLAGS = (
     "data.use_sources",
@@ -154,6 +157,8 @@ def check_config(config: ml_collections.ConfigDict):
         )
     model = dict(config.model)
     _check_options_of("model", TRUNKS[model.pop("trunk")], model, f"trunk {config.model.trunk!r}")
+    if config.model.trunk == "keras_backbone":
+        check_backbone(model.get("backbone", "MobileNetV3Small"), model.get("weights", "none"))
     options = dict(config.data.get("task_options") or {})
     task = task_builder(config.data.task)
     _check_options_of("data.task_options", task, options, f"task {config.data.task!r}")
