@@ -6,11 +6,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
+import types
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras.src.utils import file_utils
 from PIL import Image
 
 from configs import backbone as backbone_config
@@ -99,6 +102,15 @@ def test_weights_from_a_local_file_are_loaded(tmp_path):
     assert any(not np.array_equal(got, new) for got, new in zip(fresh_weights, saved))
 
 
+def test_imagenet_weights_that_cannot_be_downloaded_are_a_one_line_error(monkeypatch):
+    def no_network(fname, origin, **kwargs):  # what keras.utils.get_file raises offline
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", no_network)
+    with pytest.raises(ConfigError, match=r"cannot download its ImageNet weights.*model\.weights"):
+        keras_backbone("MobileNetV3Small", "imagenet", DIGITS_SHAPE)
+
+
 @pytest.mark.parametrize(
     "model, message",
     [
@@ -173,3 +185,36 @@ def test_train_then_predict_with_the_backbone_config(tmp_path):
     assert line.startswith(f"{image}: ")
     classes = [part.split(" (")[0] for part in line.split(": ", 1)[1].split(", ")]
     assert len(classes) == 2 and set(classes) <= set(TARGET_CLASSES)
+
+
+def test_a_keras_hub_preset_is_wired_as_its_converter_then_its_backbone(monkeypatch):
+    """keras-hub itself is not installed here: a stand-in module with its two entry points
+    (`Backbone.from_preset`, `ImageConverter.from_preset`) checks the trunk's wiring."""
+    calls = []
+
+    def backbone_from_preset(preset, load_weights=True):
+        calls.append(("backbone", preset, load_weights))
+        images = keras.Input((None, None, 3))
+        return keras.Model(images, keras.layers.Conv2D(5, 3, name="hub_conv")(images))
+
+    def converter_from_preset(preset):
+        calls.append(("converter", preset))
+        return keras.layers.Rescaling(1.0 / 255.0, name="converter")
+
+    keras_hub = types.SimpleNamespace(
+        models=types.SimpleNamespace(
+            Backbone=types.SimpleNamespace(from_preset=backbone_from_preset)
+        ),
+        layers=types.SimpleNamespace(
+            ImageConverter=types.SimpleNamespace(from_preset=converter_from_preset)
+        ),
+    )
+    monkeypatch.setitem(sys.modules, "keras_hub", keras_hub)
+    trunk = keras_backbone("keras_hub:tiny_preset", "imagenet", DIGITS_SHAPE, dense_units=4)
+    assert calls == [("backbone", "tiny_preset", True), ("converter", "tiny_preset")]
+    assert trunk(tf.ones([2, *DIGITS_SHAPE])).shape == (2, 4)
+    # [0, 1] images reach the converter as 0..255 pixels (it scales them back here).
+    to_converter = keras.Model(trunk.input, trunk.get_layer("converter").output)
+    np.testing.assert_allclose(to_converter(tf.ones([1, *DIGITS_SHAPE])), 1.0, rtol=1e-6)
+    with pytest.raises(ConfigError, match="'none' or 'imagenet'"):
+        keras_backbone("keras_hub:tiny_preset", "/some/file.weights.h5", DIGITS_SHAPE)

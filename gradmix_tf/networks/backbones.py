@@ -163,8 +163,9 @@ def application_backbone(
         backbone_options: more keyword arguments of the constructor (alpha, ...).
 
     Raises:
-        ConfigError: for an unknown name, a missing weights file, an input smaller than
-            the backbone takes, or options the constructor refuses.
+        ConfigError: for an unknown name, a missing weights file, ImageNet weights that
+            cannot be downloaded, an input smaller than the backbone takes, or options
+            the constructor refuses.
     """
     check_backbone(backbone, weights)
     if freeze_layers < 0:
@@ -182,6 +183,14 @@ def application_backbone(
         message = " ".join(str(error).split())
         hint = " Set model.image_size to resize the images first." if "size" in message else ""
         raise ConfigError(f"backbone {backbone}: {message.rstrip('.')}.{hint}") from None
+    except Exception as error:  # keras.utils.get_file raises a bare Exception
+        if not str(error).startswith("URL fetch failure"):
+            raise
+        raise ConfigError(
+            f"backbone {backbone}: cannot download its ImageNet weights "
+            f"({' '.join(str(error).split())}): without network, put the no-top weights file "
+            "in ~/.keras/models or pass its path as model.weights."
+        ) from None
     for layer in model.layers[:freeze_layers]:
         layer.trainable = False
     return model
