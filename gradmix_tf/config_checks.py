@@ -72,12 +72,18 @@ RANGES = {  # field: (low, high, what), both ends included unless noted in `what
     "pseudo_labels.threshold": (0.0, 1.0, "in [0, 1]"),
     "pseudo_labels.ema_decay": (0.0, 1.0, "in [0, 1) (0: no weight average)"),
     "model.dropout": (0.0, 1.0, "in [0, 1)"),
+    "model.batch_norm_momentum": (0.0, 1.0, "in [0, 1) (0: the backbone's own)"),
     "gradmix.pretrain_fraction": (0.0, 1.0, "in [0, 1]"),
     "gradmix.target_weight": (0.0, math.inf, "a number >= 0"),
     "gradmix.lookahead_step_size": (0.0, math.inf, "a number >= 0 (0: the learning rate)"),
 }
 OPEN_AT_LOW = {"optimizer.learning_rate"}
-OPEN_AT_HIGH = {"optimizer.momentum", "pseudo_labels.ema_decay", "model.dropout"}
+OPEN_AT_HIGH = {
+    "optimizer.momentum",
+    "pseudo_labels.ema_decay",
+    "model.dropout",
+    "model.batch_norm_momentum",
+}
 
 
 def _fields(config: ml_collections.ConfigDict, names):

@@ -76,6 +76,27 @@ def test_freeze_layers_takes_the_first_layers_off_the_trained_and_mixed_path():
     assert "conv_1" in model.mixing_layer_names  # a late layer is still mixed
 
 
+def test_batch_norm_momentum_sets_every_batch_normalisation_of_the_backbone():
+    def momenta(trunk):
+        encoder = trunk.get_layer("MobileNetV3Small")
+        return {
+            layer.momentum
+            for layer in encoder.layers
+            if isinstance(layer, keras.layers.BatchNormalization)
+        }
+
+    assert momenta(keras_backbone("MobileNetV3Small", input_shape=DIGITS_SHAPE)) == {0.999}
+    trunk = keras_backbone("MobileNetV3Small", input_shape=DIGITS_SHAPE, batch_norm_momentum=0.9)
+    assert momenta(trunk) == {0.9}
+    # The moving statistics now follow the data within a few training-mode batches.
+    images = tf.random.uniform([8, *DIGITS_SHAPE])
+    before = np.abs(trunk(images, training=False).numpy()).mean()
+    for _ in range(20):
+        trunk(images, training=True)
+    after = np.abs(trunk(images, training=False).numpy()).mean()
+    assert after > 100 * before
+
+
 def test_a_small_input_is_resized_for_a_backbone_that_needs_a_larger_one():
     with pytest.raises(ConfigError, match=r"at least 75x75.*model\.image_size"):
         keras_backbone("InceptionV3", input_shape=DIGITS_SHAPE)
