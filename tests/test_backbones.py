@@ -9,10 +9,12 @@ import os
 import sys
 import types
 
+import h5py
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from keras.src.legacy.saving import legacy_h5_format
 from keras.src.utils import file_utils
 from PIL import Image
 
@@ -105,13 +107,19 @@ def test_a_small_input_is_resized_for_a_backbone_that_needs_a_larger_one():
     assert trunk.get_layer("resize").compute_output_shape((1, 32, 32, 3)) == (1, 75, 75, 3)
 
 
-def test_weights_from_a_local_file_are_loaded(tmp_path):
+@pytest.mark.parametrize("suffix", [".weights.h5", ".h5"])
+def test_weights_from_a_local_file_are_loaded(tmp_path, suffix):
+    """A Keras 3 `.weights.h5` file, or a legacy `.h5` one (as Keras's ImageNet files are)."""
     reference = application_backbone("MobileNetV3Small", DIGITS_SHAPE)
     rng = np.random.default_rng(0)
     saved = [w + rng.normal(0.0, 0.1, w.shape).astype(w.dtype) for w in reference.get_weights()]
     reference.set_weights(saved)
-    path = str(tmp_path / "mobilenet_v3_small.weights.h5")
-    reference.save_weights(path)
+    path = str(tmp_path / f"mobilenet_v3_small{suffix}")
+    if suffix == ".h5":
+        with h5py.File(path, "w") as f:
+            legacy_h5_format.save_weights_to_hdf5_group(f, reference)
+    else:
+        reference.save_weights(path)
 
     loaded = keras_backbone("MobileNetV3Small", path, DIGITS_SHAPE, dense_units=4)
     fresh = keras_backbone("MobileNetV3Small", "none", DIGITS_SHAPE, dense_units=4)
