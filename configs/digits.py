@@ -48,6 +48,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gradmix.weight_solver = "closed_form"  # or "lookahead" (exact meta-gradient)
     config.gradmix.alignment = "dot"  # or "cosine"
     config.gradmix.granularity = "layer"  # or "stream" (global weights)
+    # What a "layer" of the weights is: "layer" (each layer with variables) or "block"
+    # (the layers of a keras.applications block share a weight: configs/backbone.py).
+    config.gradmix.layer_groups = "layer"
     config.gradmix.normalization = "per_layer"  # or "all", "none"
     # What each layer's weights sum to: "num_streams" keeps joint training's scale (weights
     # 1 when every stream aligns equally); 1.0 shrinks the source gradient to ~1/S of it.

@@ -18,6 +18,7 @@ import ml_collections
 from gradmix_tf import distribute
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.networks import TRUNKS
+from gradmix_tf.networks.backbones import check_backbone
 from gradmix_tf.tasks import TASKS, task_builder
 from gradmix_tf.training.options import GradMixOptions
 from gradmix_tf.training.step_guard import ON_NONFINITE
@@ -43,6 +44,8 @@ COUNTS = (  # >= 0
     "data.max_per_class",
     "data.max_shift",
     "pseudo_labels.warmup_epochs",
+    "model.freeze_layers",
+    "model.image_size",
 )
 FLAGS = (
     "data.use_sources",
@@ -69,12 +72,18 @@ RANGES = {  # field: (low, high, what), both ends included unless noted in `what
     "pseudo_labels.threshold": (0.0, 1.0, "in [0, 1]"),
     "pseudo_labels.ema_decay": (0.0, 1.0, "in [0, 1) (0: no weight average)"),
     "model.dropout": (0.0, 1.0, "in [0, 1)"),
+    "model.batch_norm_momentum": (0.0, 1.0, "in [0, 1) (0: the backbone's own)"),
     "gradmix.pretrain_fraction": (0.0, 1.0, "in [0, 1]"),
     "gradmix.target_weight": (0.0, math.inf, "a number >= 0"),
     "gradmix.lookahead_step_size": (0.0, math.inf, "a number >= 0 (0: the learning rate)"),
 }
 OPEN_AT_LOW = {"optimizer.learning_rate"}
-OPEN_AT_HIGH = {"optimizer.momentum", "pseudo_labels.ema_decay", "model.dropout"}
+OPEN_AT_HIGH = {
+    "optimizer.momentum",
+    "pseudo_labels.ema_decay",
+    "model.dropout",
+    "model.batch_norm_momentum",
+}
 
 
 def _fields(config: ml_collections.ConfigDict, names):
@@ -154,6 +163,8 @@ def check_config(config: ml_collections.ConfigDict):
         )
     model = dict(config.model)
     _check_options_of("model", TRUNKS[model.pop("trunk")], model, f"trunk {config.model.trunk!r}")
+    if config.model.trunk == "keras_backbone":
+        check_backbone(model.get("backbone", "MobileNetV3Small"), model.get("weights", "none"))
     options = dict(config.data.get("task_options") or {})
     task = task_builder(config.data.task)
     _check_options_of("data.task_options", task, options, f"task {config.data.task!r}")

@@ -35,6 +35,7 @@ since that checkpoint are repeated. This rests on three facts:
 from __future__ import annotations
 
 import csv
+import inspect
 import os
 import re
 import time
@@ -134,7 +135,11 @@ def build_data(config: ml_collections.ConfigDict) -> MultiStreamData:
 def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> GradMixModel:
     """The GradMixModel of a config, built and compiled (in the current strategy scope)."""
     model_config = dict(config.model)
-    trunk = TRUNKS[model_config.pop("trunk")](**model_config)
+    build_trunk = TRUNKS[model_config.pop("trunk")]
+    if "input_shape" in inspect.signature(build_trunk).parameters:
+        # A trunk built for a fixed input (a keras.applications backbone) gets the data's.
+        model_config.setdefault("input_shape", tuple(data.image_shape))
+    trunk = build_trunk(**model_config)
     unlabelled = data.target.unlabelled
     model = GradMixModel(
         trunk,

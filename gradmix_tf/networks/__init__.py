@@ -1,6 +1,8 @@
 """Networks: the trunks f_theta a config names (`config.model.trunk`).
 
 - `trunks.py`: `small_cnn`, the trunk of the digit tasks (images `[B, H, W, C]`);
+- `backbones.py`: `keras_backbone`, a pretrained `keras.applications` (or
+  keras-hub) image backbone with its own preprocessing and a feature layer;
 - `video_trunks.py`: `video_cnn` and `frame_encoder`, trunks of clips
   `[B, T, H, W, C]`, and their layers.
 
@@ -11,11 +13,13 @@ builds one by name. Any other Keras layer works as a trunk too: pass it to
 
 from __future__ import annotations
 
+from gradmix_tf.networks.backbones import keras_backbone
 from gradmix_tf.networks.trunks import small_cnn
 from gradmix_tf.networks.video_trunks import frame_encoder, video_cnn
 
 TRUNKS = {
     "small_cnn": small_cnn,
+    "keras_backbone": keras_backbone,
     "video_cnn": video_cnn,
     "frame_encoder": frame_encoder,
 }

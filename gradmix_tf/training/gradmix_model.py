@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 from gradmix_tf import distribute
-from gradmix_tf.mixing import adaptive_lr, weights
+from gradmix_tf.mixing import adaptive_lr, groups, weights
 from gradmix_tf.rules import StreamBatch, make_rule
 from gradmix_tf.training.learning_rate import with_adaptive_learning_rate
 from gradmix_tf.training.options import GradMixOptions
@@ -161,15 +161,16 @@ class GradMixModel(keras.Model):
             features = self.trunk.compute_output_shape(input_shape)
         for head in self.heads:
             head.build(features)
-        # The target's path: trunk + h_T; one mixing layer per owning layer.
+        # The target's path: trunk + h_T; one mixing layer (or group) per owning layer
+        # (or block of layers, `options.layer_groups`).
         self.path_variables = list(self.trunk.trainable_variables) + list(
             self.heads[0].trainable_variables
         )
-        keys = list(dict.fromkeys(_layer_key(v) for v in self.path_variables))
-        self.mixing_layer_names = tuple(keys)
-        self.mixing_layer_ids = [keys.index(_layer_key(v)) for v in self.path_variables]
+        self.mixing_layer_names, self.mixing_layer_ids = groups.mixing_groups(
+            [_layer_key(v) for v in self.path_variables], self.options.layer_groups
+        )
         self.mixing_weights = self.add_weight(
-            shape=(len(self.stream_names), len(keys)),
+            shape=(len(self.stream_names), len(self.mixing_layer_names)),
             initializer="zeros",
             trainable=False,
             aggregation="only_first_replica",
@@ -181,7 +182,8 @@ class GradMixModel(keras.Model):
 
     @property
     def num_mixing_layers(self) -> int:
-        """L: the layers (with trainable variables) on the target's path."""
+        """L: the layers (with trainable variables) on the target's path, or their groups
+        (`options.layer_groups`, `gradmix_tf.mixing.groups`)."""
         return len(self.mixing_layer_names)
 
     def call(self, inputs, training=False):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from gradmix_tf.errors import ConfigError
-from gradmix_tf.mixing import weights
+from gradmix_tf.mixing import groups, weights
 from gradmix_tf.rules import RULES
 from gradmix_tf.training.step_guard import ON_NONFINITE
 
@@ -37,6 +37,10 @@ class GradMixOptions:
             (closed form only; scale-free). Reconstruction option.
         granularity: "layer" (w per stream and layer) or "stream" (one global
             weight per stream).
+        layer_groups: what a "layer" of the weights is: "layer" (each Keras
+            layer with trainable variables) or "block" (the layers of one block
+            of a keras.applications network, by their names' block prefix:
+            `mixing.groups`); w is then [S, groups].
         normalization: "per_layer", "all" or "none" (see `mixing.weights`).
             Reconstruction option.
         weight_total: the sum the weights of a layer are normalised to; a
@@ -71,6 +75,7 @@ class GradMixOptions:
     weight_solver: str = "closed_form"
     alignment: str = "dot"
     granularity: str = "layer"
+    layer_groups: str = "layer"
     normalization: str = "per_layer"
     weight_total: float | str = 1.0
     target_weight: float = 1.0
@@ -99,6 +104,7 @@ class GradMixOptions:
         choice("weight_solver", WEIGHT_SOLVERS)
         choice("alignment", weights.ALIGNMENTS)
         choice("granularity", weights.GRANULARITIES)
+        choice("layer_groups", groups.LAYER_GROUPS)
         choice("normalization", weights.NORMALIZATIONS)
         choice("on_nonfinite", ON_NONFINITE)
         if self.weight_solver == "lookahead" and self.alignment != "dot":
