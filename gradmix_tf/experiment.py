@@ -65,27 +65,49 @@ from gradmix_tf.training.options import GradMixOptions
 # optimizer, step budget and seeds): the baselines differ only by these
 # overrides (docs/algorithm.md, "Baselines").
 _NO_EXTRAS = {"gradmix.adaptive_learning_rate": False, "pseudo_labels.enabled": False}
+# GradMix's closed-form rule as reconstructed from the paper (the default until the study of
+# docs/RESULTS.md, "Choosing the default mixing rule"): dot-product alignment, per-layer
+# normalisation, pseudo-labels. Every old "gradmix" number is this method's.
+_CLOSED_FORM = {
+    "gradmix.mixing": "gradmix",
+    "gradmix.alignment": "dot",
+    "pseudo_labels.enabled": True,
+}
+# The baselines and the closed form: dot alignment as before the default changed.
+_BASELINE = {**_NO_EXTRAS, "gradmix.alignment": "dot"}
 METHODS = {
+    # The default: the config's own values (configs/digits.py: the persistent rule with
+    # cosine alignment, no pseudo-labels, the adaptive learning rate).
     "gradmix": {},
-    # Ablations of GradMix.
-    "gradmix_global": {"gradmix.granularity": "stream"},
-    "gradmix_no_adaptive_lr": {"gradmix.adaptive_learning_rate": False},
-    "gradmix_no_pseudo_labels": {"pseudo_labels.enabled": False},
-    # Mixing rules under study (docs/algorithm.md, "Mixing rules").
-    "gradmix_persistent": {"gradmix.mixing": "persistent", "gradmix.alignment": "cosine"},
+    "gradmix_closed_form": _CLOSED_FORM,
+    # Ablations of the closed form.
+    "gradmix_global": {**_CLOSED_FORM, "gradmix.granularity": "stream"},
+    "gradmix_no_adaptive_lr": {**_CLOSED_FORM, "gradmix.adaptive_learning_rate": False},
+    "gradmix_no_pseudo_labels": {**_CLOSED_FORM, "pseudo_labels.enabled": False},
+    # The persistent rule (docs/algorithm.md, "Mixing rules"), with and without pseudo-labels.
+    "gradmix_persistent": {
+        "gradmix.mixing": "persistent",
+        "gradmix.alignment": "cosine",
+        "pseudo_labels.enabled": True,
+    },
     "gradmix_persistent_no_pseudo_labels": {
         "gradmix.mixing": "persistent",
         "gradmix.alignment": "cosine",
         "pseudo_labels.enabled": False,
     },
     # Baselines.
-    "target_only": {"data.use_sources": False, **_NO_EXTRAS},
-    "joint": {"gradmix.mixing": "uniform", **_NO_EXTRAS},
-    "pretrain_finetune": {"gradmix.mixing": "pretrain_finetune", **_NO_EXTRAS},
-    "example_reweighting": {"gradmix.mixing": "example_reweighting", **_NO_EXTRAS},
-    "pcgrad": {"gradmix.mixing": "pcgrad", **_NO_EXTRAS},
+    "target_only": {"data.use_sources": False, "gradmix.mixing": "gradmix", **_BASELINE},
+    "joint": {"gradmix.mixing": "uniform", **_BASELINE},
+    "pretrain_finetune": {"gradmix.mixing": "pretrain_finetune", **_BASELINE},
+    "example_reweighting": {"gradmix.mixing": "example_reweighting", **_BASELINE},
+    "pcgrad": {"gradmix.mixing": "pcgrad", **_BASELINE},
     # The upper reference: every target example labelled, no sources.
-    "oracle": {"data.use_sources": False, "data.shots_per_class": 0, **_NO_EXTRAS},
+    "oracle": {
+        "data.use_sources": False,
+        "data.shots_per_class": 0,
+        "gradmix.mixing": "gradmix",
+        **_BASELINE,
+    },
 }
 
 

@@ -170,8 +170,11 @@ def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, j
             config, data, num_sources, mixing="uniform", adaptive_learning_rate=False
         ),
     }
-    for model in models.values():  # the same initial weights
-        model.set_weights(models["gradmix"].get_weights())
+    for model in models.values():  # the same initial weights (rules' own state aside)
+        for variable, value in zip(
+            model.trainable_variables, models["gradmix"].trainable_variables
+        ):
+            variable.assign(value)
     functions = {
         "gradmix": models["gradmix"].train_step,
         "joint": joint_step_function(models["joint"]),

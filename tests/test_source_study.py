@@ -111,6 +111,7 @@ def test_rank_agreement_and_table():
     assert lines[-1].endswith("| yes / yes | no / no |")
 
 
+@pytest.mark.slow
 def test_launchers_summarize_and_source_study(tmp_path):
     full_a = write_results(tmp_path / "T_s0", [("joint", 0, 0.50), ("joint", 1, 0.60)])
     full_b = write_results(tmp_path / "T_s5", [("joint", 5, 0.55), ("rule", 5, 0.57)])
