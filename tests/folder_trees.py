@@ -13,8 +13,9 @@ FORMATS = (("png", "RGB"), ("jpg", "RGB"), ("png", "L"), ("jpg", "L"), ("bmp", "
 """Extension and PIL mode of the i-th image of a class, in turn."""
 
 
-def write_image(path: pathlib.Path, colour: int, index: int) -> pathlib.Path:
-    """A picture of mixed size and format: noise around a class's shade `colour`."""
+def write_image(path, colour: int, index: int) -> pathlib.Path:
+    """A picture of mixed size and format, `path` + the extension of the `index`-th format
+    (`FORMATS`): noise around a class's shade `colour`."""
     extension, mode = FORMATS[index % len(FORMATS)]
     rng = np.random.default_rng(colour * 100 + index)
     height, width = int(rng.integers(12, 60)), int(rng.integers(12, 60))
@@ -22,7 +23,7 @@ def write_image(path: pathlib.Path, colour: int, index: int) -> pathlib.Path:
     pixels = np.clip(colour + rng.normal(0, 20, (height, width, channels)), 0, 255)
     pixels = pixels.astype(np.uint8)
     image = Image.fromarray(pixels if channels == 3 else pixels[..., 0], mode=mode)
-    path = path.with_suffix(f".{extension}")
+    path = pathlib.Path(path).with_suffix(f".{extension}")
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
     return path
@@ -31,7 +32,7 @@ def write_image(path: pathlib.Path, colour: int, index: int) -> pathlib.Path:
 def write_class_folders(folder: pathlib.Path, classes, per_class: int) -> None:
     for c, name in enumerate(classes):
         for i in range(per_class):
-            write_image(folder / name / f"img_{i:02d}", 40 + 80 * c, i)
+            write_image(folder / name / f"img_{i:02d}", 40 + 80 * c, c * per_class + i)
 
 
 def write_tree(root: pathlib.Path, per_class: int = 3, unlabelled: int = 4) -> pathlib.Path:
