@@ -4,7 +4,7 @@
 applied. The config flags check the names of the fields (a misspelt `--config.x` is
 refused); these check the values: counts positive, rates and probabilities in range, every
 name one of those the code knows (optimizer, schedule, task, trunk and its options,
-strategy, precision, ...). The GradMix options are checked by building them
+strategy, precision, ...; a task given by import path is imported here). The GradMix options are checked by building them
 (`GradMixOptions.from_config`). Each error is a `ConfigError` naming the field.
 """
 
@@ -19,7 +19,7 @@ from gradmix_tf import distribute
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.networks import TRUNKS
 from gradmix_tf.networks.backbones import check_backbone
-from gradmix_tf.tasks import TASKS, task_builder
+from gradmix_tf.tasks import TASKS, is_import_path, task_builder
 from gradmix_tf.training.options import GradMixOptions
 from gradmix_tf.training.step_guard import ON_NONFINITE
 
@@ -153,9 +153,10 @@ def check_config(config: ml_collections.ConfigDict):
     _check_counts(config)
     _check_names_and_ranges(config)
     # Against the live registries, which may grow.
-    if config.data.task not in TASKS:
+    if not is_import_path(config.data.task) and config.data.task not in TASKS:
         raise ConfigError(
-            f"data.task must be one of {', '.join(map(repr, TASKS))}; got {config.data.task!r}."
+            f"data.task must be one of {', '.join(map(repr, TASKS))} or an import path "
+            f"'package.module:function'; got {config.data.task!r}."
         )
     if config.model.trunk not in TRUNKS:
         raise ConfigError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from configs import actions, actions_hmdb51, digits, digits_mnistm
+from configs import actions, actions_hmdb51, digits, digits_mnistm, folders, paper_digits
 from gradmix_tf import experiment
 from gradmix_tf.errors import ConfigError
 
@@ -18,8 +18,21 @@ from gradmix_tf.errors import ConfigError
         actions.get_config(),
         actions.get_config("smoke"),
         actions_hmdb51.get_config(),
+        folders.get_config(),
+        folders.get_config("smoke"),
+        paper_digits.get_config(),
     ],
-    ids=["digits", "digits_smoke", "digits_mnistm", "actions", "actions_smoke", "hmdb51"],
+    ids=[
+        "digits",
+        "digits_smoke",
+        "digits_mnistm",
+        "actions",
+        "actions_smoke",
+        "hmdb51",
+        "folders",
+        "folders_smoke",
+        "paper_digits",
+    ],
 )
 @pytest.mark.parametrize("method", experiment.METHODS)
 def test_the_project_configs_pass(config, method):
