@@ -14,7 +14,8 @@ weight the method's runs gave the source (`gradmix_tf/source_study.py`):
         --weights=gradmix=runs/T4 --weights=gradmix_persistent=runs/T4 --out=runs/T4_study
 
 `--joint` and each `--drop` take one or more results.csv files (comma-separated, merged);
-`--weights=METHOD=DIR[,DIR]` the benchmark directories that hold METHOD's runs. Writes
+`--weights=METHOD=DIR[,DIR]` the benchmark directories that hold METHOD's runs
+(`METHOD@LABEL=...` names its column LABEL: runs made under an older name). Writes
 OUT/usefulness.md (a row per source, a column per method) and OUT/usefulness.png.
 """
 
@@ -62,10 +63,10 @@ def main(argv):
         raise app.UsageError("give at least one --drop=SOURCE=CSV (joint training without it).")
     full = _accuracies(_JOINT.value)
     useful = source_study.usefulness(full, {n: _accuracies(p) for n, p in drops.items()})
-    rules = {
-        method: source_study.stream_weight_means(outs, method)
-        for method, outs in _pairs(_WEIGHTS.value, "weights").items()
-    }
+    rules = {}
+    for name, outs in _pairs(_WEIGHTS.value, "weights").items():
+        method, _, label = name.partition("@")  # METHOD@LABEL: a column named LABEL
+        rules[label or method] = source_study.stream_weight_means(outs, method)
     paths = source_study.write_study(useful, rules, _OUT.value, _TITLE.value)
     print(open(paths["table"]).read())
     print(f"plot: {paths['plot']}")

@@ -146,13 +146,14 @@ def test_launchers_summarize_and_source_study(tmp_path):
         f"--joint={full_a},{full_b}",
         f"--drop=b={drop_b}",
         f"--drop=c={drop_c}",
-        f"--weights=rule={tmp_path / 'T_s5'}",
+        f"--weights=rule@renamed_rule={tmp_path / 'T_s5'}",
         f"--out={tmp_path / 'study'}",
     )
     assert study.returncode == 0, output_of(study)
     table = open(tmp_path / "study" / "usefulness.md").read()
     assert "| b | +0.0967" in table  # (0.10 + 0.10 + 0.09) / 3
     assert "| yes / yes |" in table  # c: least useful (it hurts) and the least weight
+    assert table.splitlines()[0].endswith("| renamed_rule |")
     with open(tmp_path / "study" / "usefulness.png", "rb") as f:
         assert f.read(8) == PNG_MAGIC
 
