@@ -95,6 +95,14 @@ METHODS = {
         "gradmix.alignment": "cosine",
         "pseudo_labels.enabled": False,
     },
+    # The closed form with cosine alignment and absolute weights (no per-layer normalisation:
+    # w = max(cos, 0), a source that disagrees with the target everywhere takes nothing).
+    "gradmix_cosine_gate": {
+        "gradmix.mixing": "gradmix",
+        "gradmix.alignment": "cosine",
+        "gradmix.normalization": "none",
+        "pseudo_labels.enabled": False,
+    },
     # Baselines.
     "target_only": {"data.use_sources": False, "gradmix.mixing": "gradmix", **_BASELINE},
     "joint": {"gradmix.mixing": "uniform", **_BASELINE},

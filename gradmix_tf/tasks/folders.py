@@ -95,6 +95,18 @@ def _visible_entries(folder: str) -> list[str]:
     return sorted(name for name in os.listdir(folder) if not name.startswith("."))
 
 
+def _subfolders(folder: str, kind: str, what: str) -> list[str]:
+    """The visible entries of `folder`, all folders; files among them are a `DataError`."""
+    entries = _visible_entries(folder)
+    stray = [name for name in entries if not os.path.isdir(os.path.join(folder, name))]
+    if stray:
+        raise DataError(
+            f"{folder} holds files ({', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}) "
+            f"where {kind} folders belong: {what} (the layout: {LAYOUT})."
+        )
+    return entries
+
+
 def _require_folder(path: str, what: str) -> None:
     if not os.path.exists(path):
         raise DataError(f"{path} does not exist: {what} (the layout: {LAYOUT}).")
@@ -123,14 +135,7 @@ def list_class_folders(folder: str, what: str) -> ClassFolders:
         what: how the error calls `folder` (e.g. "a source stream").
     """
     _require_folder(folder, what)
-    entries = _visible_entries(folder)
-    stray = [name for name in entries if not os.path.isdir(os.path.join(folder, name))]
-    if stray:
-        raise DataError(
-            f"{folder} holds files ({', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}) "
-            f"where class folders belong: {what} holds one folder a class, each holding images "
-            f"(the layout: {LAYOUT})."
-        )
+    entries = _subfolders(folder, "class", f"{what} holds one folder a class, each holding images")
     if not entries:
         raise DataError(
             f"{folder} has no class folders: {what} holds one folder a class, each holding "
@@ -239,14 +244,11 @@ def list_tree(root: str) -> FolderTree:
     _require_folder(root, "the root of the tree of images")
     sources_dir = os.path.join(root, "sources")
     _require_folder(sources_dir, "it holds one folder a source stream")
-    streams = _visible_entries(sources_dir)
-    stray = [name for name in streams if not os.path.isdir(os.path.join(sources_dir, name))]
-    if stray:
-        raise DataError(
-            f"{sources_dir} holds files ({', '.join(stray[:3])}) where stream folders belong: it "
-            f"holds one folder a source stream, each holding one folder a class (the layout: "
-            f"{LAYOUT})."
-        )
+    streams = _subfolders(
+        sources_dir,
+        "stream",
+        "it holds one folder a source stream, each holding one folder a class",
+    )
     if not streams:
         raise DataError(
             f"{sources_dir} has no stream folders: it holds one folder a source stream, each "
