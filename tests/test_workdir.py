@@ -110,7 +110,8 @@ def test_a_changed_config_names_a_few_fields_then_counts_the_rest(finished_copy)
     with pytest.raises(
         # joint also sets gradmix.mixing, gradmix.alignment, gradmix.adaptive_learning_rate and
         # pseudo-labels off: 7 fields differ, the first 4 named
-        WorkdirError, match=r"\(method 'gradmix' -> 'joint', seed 0 -> 3, .* and 3 more\)"
+        WorkdirError,
+        match=r"\(method 'gradmix' -> 'joint', seed 0 -> 3, .* and 3 more\)",
     ):
         experiment.train_and_evaluate(config, finished_copy)
 
