@@ -73,6 +73,8 @@ _CLOSED_FORM = {
     "gradmix.alignment": "dot",
     "pseudo_labels.enabled": True,
 }
+# The persistent rule (the configs' default rule) with its cosine alignment.
+_PERSISTENT = {"gradmix.mixing": "persistent", "gradmix.alignment": "cosine"}
 # The baselines and the closed form: dot alignment as before the default changed.
 _BASELINE = {**_NO_EXTRAS, "gradmix.alignment": "dot"}
 METHODS = {
@@ -85,16 +87,8 @@ METHODS = {
     "gradmix_no_adaptive_lr": {**_CLOSED_FORM, "gradmix.adaptive_learning_rate": False},
     "gradmix_no_pseudo_labels": {**_CLOSED_FORM, "pseudo_labels.enabled": False},
     # The persistent rule (docs/algorithm.md, "Mixing rules"), with and without pseudo-labels.
-    "gradmix_persistent": {
-        "gradmix.mixing": "persistent",
-        "gradmix.alignment": "cosine",
-        "pseudo_labels.enabled": True,
-    },
-    "gradmix_persistent_no_pseudo_labels": {
-        "gradmix.mixing": "persistent",
-        "gradmix.alignment": "cosine",
-        "pseudo_labels.enabled": False,
-    },
+    "gradmix_persistent": {**_PERSISTENT, "pseudo_labels.enabled": True},
+    "gradmix_persistent_no_pseudo_labels": {**_PERSISTENT, "pseudo_labels.enabled": False},
     # The closed form with cosine alignment and absolute weights (no per-layer normalisation:
     # w = max(cos, 0), a source that disagrees with the target everywhere takes nothing).
     "gradmix_cosine_gate": {
