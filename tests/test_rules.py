@@ -47,8 +47,8 @@ def test_a_new_rule_is_one_class_and_a_name():
 
     @register_rule("test_half")
     class HalfRule(MixingRule):
-        def stream_mix(self, model, streams, target, stream_grads, target_grads):
-            shape = [len(stream_grads), model.num_mixing_layers]
+        def stream_mix(self, model, streams, target, gradients):
+            shape = [gradients.num_streams, model.num_mixing_layers]
             return Mix(tf.fill(shape, 0.5), self.options.target_weight)
 
     try:

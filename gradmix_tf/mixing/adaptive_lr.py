@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from gradmix_tf.mixing import stacked
+
 
 def batch_importance(mixed_grads, target_grads):
     """rho = max(cos(G, g_T), 0) over all variables of the target's path."""
@@ -25,6 +27,18 @@ def batch_importance(mixed_grads, target_grads):
     )
     mixed_sq = tf.add_n([tf.reduce_sum(tf.square(tf.cast(m, tf.float32))) for m in mixed_grads])
     target_sq = tf.add_n([tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in target_grads])
+    return clipped_cosine(dot, mixed_sq, target_sq)
+
+
+def batch_importance_from_gram(gram, coefficients):
+    """rho = max(cos(G, g_T), 0) from the layers' Gram matrices of the stream and target
+    gradients [L, S + 1, S + 1] and the mixing coefficients c [S + 1, L] of G
+    (`mixing.stacked`): no pass over G itself."""
+    return clipped_cosine(*stacked.mixed_alignment(gram, coefficients))
+
+
+def clipped_cosine(dot, mixed_sq, target_sq):
+    """max(dot / (|G| |g_T|), 0), 0 where a norm is 0."""
     # A product of roots, not the root of a product (which leaves float32's range).
     cosine = tf.math.divide_no_nan(dot, tf.sqrt(mixed_sq) * tf.sqrt(target_sq))
     return tf.clip_by_value(cosine, 0.0, 1.0)

@@ -8,9 +8,11 @@ step:
 1. `prepare_streams(model, streams, target)`: optional; may reweight the
    examples of the stream batches before their gradients are taken (example
    reweighting does);
-2. `mix(model, streams, target, stream_grads, target_grads)`: the `Mix` of
-   the step: the weights w [S, L] of the streams on the target's path and
-   lambda_T, from the global (all-reduced) gradients.
+2. `mix(model, streams, target, gradients)`: the `Mix` of the step: the
+   weights w [S, L] of the streams on the target's path and lambda_T, from
+   the global (all-reduced) gradients, stacked (`mixing.stacked.
+   StackedGradients`: the layers' Gram matrices hold every product; the
+   gradients themselves are made when a rule asks for them).
 
 A rule whose weights persist across steps creates its state in `build(model)`
 (model weights, so checkpoints hold them), returns the new state in
@@ -101,21 +103,21 @@ class MixingRule:
         del model, target
         return streams
 
-    def mix(self, model, streams, target, stream_grads, target_grads) -> Mix:
+    def mix(self, model, streams, target, gradients) -> Mix:
         """The step's `Mix`: no stream, or the rule's `stream_mix`.
 
         Args:
             model: the `GradMixModel` (its `num_mixing_layers`, `mixing_layer_ids`, ...).
             streams: the S `StreamBatch`es of the step.
             target: the labelled target's `StreamBatch`.
-            stream_grads: S lists of V global gradients on the target's path.
-            target_grads: V global gradients of the labelled target loss.
+            gradients: the S streams' and the target's global gradients on the
+                target's path (`mixing.stacked.StackedGradients`).
         """
         if not streams:
             return Mix(tf.zeros([0, model.num_mixing_layers]), self.options.target_weight)
-        return self.stream_mix(model, streams, target, stream_grads, target_grads)
+        return self.stream_mix(model, streams, target, gradients)
 
-    def stream_mix(self, model, streams, target, stream_grads, target_grads) -> Mix:
+    def stream_mix(self, model, streams, target, gradients) -> Mix:
         """`mix` for at least one stream."""
         raise NotImplementedError
 

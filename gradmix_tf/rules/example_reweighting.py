@@ -70,7 +70,7 @@ class ExampleReweightingRule(MixingRule):
             for stream, w, total in zip(streams, example_weights, totals)
         ]
 
-    def stream_mix(self, model, streams, target, stream_grads, target_grads) -> Mix:
+    def stream_mix(self, model, streams, target, gradients) -> Mix:
         totals = tf.stack([s.stream_weight for s in streams])
         stream_weights = tf.tile(totals[:, None], [1, model.num_mixing_layers])
         return Mix(stream_weights, self.options.target_weight)

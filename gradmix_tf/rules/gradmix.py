@@ -21,23 +21,24 @@ class GradMixRule(MixingRule):
     and `weight_total` are the reconstruction's choices (docs/algorithm.md).
     """
 
-    def stream_mix(self, model, streams, target, stream_grads, target_grads) -> Mix:
+    def stream_mix(self, model, streams, target, gradients) -> Mix:
         options = self.options
-        num_streams, num_layers = len(stream_grads), model.num_mixing_layers
+        num_streams, num_layers = gradients.num_streams, model.num_mixing_layers
         total = num_streams if options.weight_total == "num_streams" else options.weight_total
         if options.weight_solver == "lookahead":
-            u = self._lookahead_alignment(model, target, stream_grads)
+            u = self._lookahead_alignment(model, target, gradients.stream_gradients()[0])
             if options.granularity == "stream":
                 u = tf.tile(tf.reduce_sum(u, axis=1, keepdims=True), [1, num_layers])
             mixing_weights = weights.normalize_weights(u, options.normalization, total)
             return Mix(mixing_weights, options.target_weight)
-        dots, target_sq, stream_sq = weights.per_variable_products(target_grads, stream_grads)
+        # The products per layer already ([S, L], [L], [S, L]): each layer its own "variable".
+        dots, target_sq, stream_sq = gradients.layer_products()
         solve = weights.solve_mixing_weights_jit if options.jit_mixing_weights else None
         mixing_weights, _ = (solve or weights.solve_mixing_weights)(
             dots,
             target_sq,
             stream_sq,
-            tf.constant(model.mixing_layer_ids, tf.int32),
+            tf.range(num_layers, dtype=tf.int32),
             num_layers,
             alignment=options.alignment,
             granularity=options.granularity,

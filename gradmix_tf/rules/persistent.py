@@ -33,15 +33,10 @@ class PersistentRule(MixingRule):
             name="persistent_mixing_weights",
         )
 
-    def stream_mix(self, model, streams, target, stream_grads, target_grads) -> Mix:
+    def stream_mix(self, model, streams, target, gradients) -> Mix:
         options = self.options
-        u = weights.layer_alignment(
-            target_grads,
-            stream_grads,
-            model.mixing_layer_ids,
-            model.num_mixing_layers,
-            options.alignment,
-        )
+        dots, target_sq, stream_sq = gradients.layer_products()  # [S, L], [L], [S, L]
+        u = weights.alignment_scores(dots, target_sq, stream_sq, options.alignment)
         new = weights.persistent_step(
             self.weights.value, u, options.persistent_step_size, options.persistent_max
         )

@@ -12,11 +12,11 @@ class PretrainFinetuneRule(MixingRule):
     lambda_T 0); the later steps on the labelled target only (weights 0,
     lambda_T as set), while the source heads rest."""
 
-    def mix(self, model, streams, target, stream_grads, target_grads) -> Mix:
+    def mix(self, model, streams, target, gradients) -> Mix:
         stream_weights, target_factor = baselines.pretrain_finetune_weights(
             model.optimizer.iterations,
             self.options.pretrain_steps,
-            len(stream_grads),
+            gradients.num_streams,
             model.num_mixing_layers,
         )
         return Mix(

@@ -68,8 +68,14 @@ class StepGuard:
         return [g * optimizer.dynamic_scale for g in grads]
 
     # ------------------------------------------------------------- checking
-    def nonfinite_streams(self, losses, stream_grads):
+    def nonfinite_streams(self, losses, path_squares, head_grads):
         """[S + 1] bool: the streams (then the target) with a NaN/Inf loss or gradient.
+
+        Args:
+            losses: S + 1 losses (the streams', then the target's).
+            path_squares: [S + 1] each one's squared gradient norm on the target's
+                path (global: NaN or Inf on any replica propagates into it).
+            head_grads: S lists of the streams' gradients on their own heads.
 
         One `is_finite` on each loss and on each stream's summed squared
         gradient (NaN and Inf propagate into the sum; a sum that overflows
@@ -77,14 +83,17 @@ class StepGuard:
         Under loss scaling only the losses: the gradients are checked by
         `update_if_finite` as a loss-scale overflow.
         """
-        finite = []
-        for loss, grads in zip(losses, stream_grads):
-            if self.loss_scale_optimizer() is not None:
-                finite.append(tf.math.is_finite(loss))
-                continue
-            squares = tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads])
-            finite.append(tf.math.is_finite(loss) & tf.math.is_finite(squares))
-        nonfinite = tf.cast(tf.logical_not(tf.stack(finite)), tf.float32)
+        finite = tf.math.is_finite(tf.stack(losses))
+        if self.loss_scale_optimizer() is None:
+            head_squares = [
+                tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float32))) for g in grads])
+                if grads
+                else tf.constant(0.0)
+                for grads in head_grads
+            ]
+            squares = path_squares + tf.stack([*head_squares, tf.constant(0.0)])
+            finite &= tf.math.is_finite(squares)
+        nonfinite = tf.cast(tf.logical_not(finite), tf.float32)
         return distribute.all_reduce_sum([nonfinite])[0] > 0.0
 
     def _overflow(self, grads):
