@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from gradmix_tf.mixing import stacked
-
 
 def batch_importance(mixed_grads, target_grads):
     """rho = max(cos(G, g_T), 0) over all variables of the target's path."""
@@ -30,11 +28,11 @@ def batch_importance(mixed_grads, target_grads):
     return clipped_cosine(dot, mixed_sq, target_sq)
 
 
-def batch_importance_from_gram(gram, coefficients):
-    """rho = max(cos(G, g_T), 0) from the layers' Gram matrices of the stream and target
-    gradients [L, S + 1, S + 1] and the mixing coefficients c [S + 1, L] of G
-    (`mixing.stacked`): no pass over G itself."""
-    return clipped_cosine(*stacked.mixed_alignment(gram, coefficients))
+def batch_importance_from_products(mixed_grads, mixed_target, target_sq):
+    """rho = max(cos(G, g_T), 0) from <G, g_T> and |g_T|^2 taken already
+    (`mixing.stream_gradients`): one pass over G for |G|^2."""
+    mixed_sq = tf.add_n([tf.reduce_sum(tf.square(tf.cast(m, tf.float32))) for m in mixed_grads])
+    return clipped_cosine(mixed_target, mixed_sq, target_sq)
 
 
 def clipped_cosine(dot, mixed_sq, target_sq):

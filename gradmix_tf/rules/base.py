@@ -10,9 +10,8 @@ step:
    reweighting does);
 2. `mix(model, streams, target, gradients)`: the `Mix` of the step: the
    weights w [S, L] of the streams on the target's path and lambda_T, from
-   the global (all-reduced) gradients, stacked (`mixing.stacked.
-   StackedGradients`: the layers' Gram matrices hold every product; the
-   gradients themselves are made when a rule asks for them).
+   the global (all-reduced) gradients (`mixing.stream_gradients.
+   StreamGradients`: the gradients, and their products taken once).
 
 A rule whose weights persist across steps creates its state in `build(model)`
 (model weights, so checkpoints hold them), returns the new state in
@@ -111,7 +110,7 @@ class MixingRule:
             streams: the S `StreamBatch`es of the step.
             target: the labelled target's `StreamBatch`.
             gradients: the S streams' and the target's global gradients on the
-                target's path (`mixing.stacked.StackedGradients`).
+                target's path (`mixing.stream_gradients.StreamGradients`).
         """
         if not streams:
             return Mix(tf.zeros([0, model.num_mixing_layers]), self.options.target_weight)

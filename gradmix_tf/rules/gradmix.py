@@ -26,7 +26,7 @@ class GradMixRule(MixingRule):
         num_streams, num_layers = gradients.num_streams, model.num_mixing_layers
         total = num_streams if options.weight_total == "num_streams" else options.weight_total
         if options.weight_solver == "lookahead":
-            u = self._lookahead_alignment(model, target, gradients.stream_gradients()[0])
+            u = self._lookahead_alignment(model, target, gradients.streams)
             if options.granularity == "stream":
                 u = tf.tile(tf.reduce_sum(u, axis=1, keepdims=True), [1, num_layers])
             mixing_weights = weights.normalize_weights(u, options.normalization, total)

@@ -16,9 +16,7 @@ class PCGradRule(MixingRule):
 
     def stream_mix(self, model, streams, target, gradients) -> Mix:
         target_weight = self.options.target_weight
-        # The Gram matrix of (g_1, ..., g_S, lambda_T g_T) over the whole path.
-        scale = tf.concat([tf.ones([gradients.num_streams]), [target_weight]], axis=0)
-        gram = gradients.path_gram() * scale[:, None] * scale[None, :]
-        coefficients = baselines.pcgrad_coefficients(gram)
+        tasks = gradients.streams + [[target_weight * g for g in gradients.target]]
+        coefficients = baselines.pcgrad_coefficients(baselines.gram_matrix(tasks))
         stream_weights = tf.tile(coefficients[:-1, None], [1, model.num_mixing_layers])
         return Mix(stream_weights, target_weight * coefficients[-1])

@@ -9,7 +9,8 @@ import keras
 import tensorflow as tf
 
 from gradmix_tf import distribute
-from gradmix_tf.mixing import adaptive_lr, groups, stacked
+from gradmix_tf.mixing import adaptive_lr, groups, weights
+from gradmix_tf.mixing.stream_gradients import StreamGradients
 from gradmix_tf.rules import StreamBatch, make_rule
 from gradmix_tf.training.learning_rate import with_adaptive_learning_rate
 from gradmix_tf.training.options import GradMixOptions
@@ -166,7 +167,6 @@ class GradMixModel(keras.Model):
         self.path_variables = list(self.trunk.trainable_variables) + list(
             self.heads[0].trainable_variables
         )
-        self.path_variable_shapes = tuple(tuple(v.shape) for v in self.path_variables)
         self.mixing_layer_names, self.mixing_layer_ids = groups.mixing_groups(
             [_layer_key(v) for v in self.path_variables], self.options.layer_groups
         )
@@ -223,26 +223,33 @@ class GradMixModel(keras.Model):
         losses, path_grads, head_grads = self._all_stream_gradients(streams)
         # 3. Target gradient g_T [V] on the labelled target batch.
         target_loss, target_grads, _ = self.stream_gradients(target)
-        # Each variable's S + 1 gradients stacked, [V][S + 1, n_v]; the rule and rho see
-        # them all-reduced (global), with each layer's Gram matrix [L, S + 1, S + 1].
-        local = stacked.stack_gradients(path_grads, target_grads)
-        gradients = self._global_stacked(local)
+        # The rule, the checks and rho see the global (all-reduced) gradients, whose
+        # products (dots, squared norms) are taken once, when first asked for.
+        gradients = StreamGradients(
+            [distribute.all_reduce_sum(g) for g in path_grads],
+            distribute.all_reduce_sum(target_grads),
+            self.mixing_layer_ids,
+            self.num_mixing_layers,
+        )
         # The streams (then the target) with a NaN/Inf loss or gradient [S + 1]: if
         # any, step 7 stops or skips, and nothing below changes any state.
         nonfinite = self.guard.nonfinite_streams(
-            [*losses, target_loss], tf.linalg.diag_part(gradients.path_gram()), head_grads
+            [*losses, target_loss], gradients.squared_norms(), head_grads
         )
         # 4. Layer-wise mixing weights w [S, L] and lambda_T from the mixing rule.
         mix = self.rule.mix(self, streams, target, gradients)
-        coefficients = stacked.mixing_coefficients(mix.weights, mix.target_weight)  # [S+1, L]
         # 5. Mixed gradient G [V] on the target's path; source heads keep their own.
-        mixed = stacked.mix_stacked(
-            local, coefficients, self.mixing_layer_ids, self.path_variable_shapes
+        mixed = weights.mix_gradients(
+            path_grads, mix.weights, self.mixing_layer_ids, target_grads, mix.target_weight
         )
         if mix.source_head_scale is not None:
             head_grads = [[g * mix.source_head_scale for g in own] for own in head_grads]
-        # 6. Adaptive learning rate: rho_t = max(cos(G, g_T), 0) (r_t is set in `_update`).
-        rho = adaptive_lr.batch_importance_from_gram(gradients.gram, coefficients)
+        # 6. Adaptive learning rate: rho_t = max(cos(G, g_T), 0) (r_t is set in `_update`),
+        #    <G, g_T> from the products.
+        rho = adaptive_lr.batch_importance_from_products(
+            distribute.all_reduce_sum(mixed),
+            *gradients.mixed_target_product(mix.weights, mix.target_weight),
+        )
         # 7. One optimizer step over every trainable variable (with r_t and w), unless
         #    a stream is not finite.
         grads, variables = self._with_source_heads(mixed, head_grads)
@@ -322,12 +329,6 @@ class GradMixModel(keras.Model):
             return tf.reduce_sum(tf.stop_gradient(batch.example_weights) * per_example)
         count = tf.maximum(distribute.all_reduce_sum([tf.reduce_sum(batch.accepted)])[0], 1.0)
         return tf.reduce_sum(batch.example_weights * per_example) / count
-
-    def _global_stacked(self, local) -> stacked.StackedGradients:
-        """The stacks all-reduced (one collective a variable) and their layers' Gram."""
-        stacks = distribute.all_reduce_sum(local)
-        gram = stacked.layer_gram(stacks, self.mixing_layer_ids, self.num_mixing_layers)
-        return stacked.StackedGradients(stacks, gram, self.path_variable_shapes)
 
     def _with_source_heads(self, mixed, head_grads):
         """Appends each source head's plain gradient (summed over its streams)."""

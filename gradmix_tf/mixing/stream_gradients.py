@@ -1,0 +1,84 @@
+"""The step's stream and target gradients, with their products taken once (steps 4-6).
+
+Three parts of a step read inner products of the same gradients: the mixing
+rule (u[s, l] = <g_T,l, g_s,l> and the squared norms, step 4), the
+non-finite check (each stream's squared norm) and the adaptive learning rate
+(rho = cos(G, g_T), step 6). `StreamGradients` holds the S stream gradients
+and g_T (global: all-reduced) and takes their per-variable products once,
+the first time one of them asks; the others read them:
+
+    dots[s, v] = <g_T,v, g_s,v>     target_sq[v] = |g_T,v|^2     stream_sq[s, v] = |g_s,v|^2
+
+and rho's <G, g_T> = sum_l (sum_s w[s, l] dots_l[s, l] + lambda_T target_sq_l) is
+made from them, so only |G|^2 takes another pass over the gradients
+(`mixed_target_product`, `adaptive_lr.batch_importance_from_products`).
+
+Every pass over the gradients reads (S + 1) x the target path's size from
+memory; on a large network (ResNet50: 23.5 M weights, about 94 MB a gradient
+copy) these passes, not the arithmetic, are GradMix's cost over joint
+training (docs/algorithm.md, "Cost"). The per-variable products are one
+multiply and one sum a pair, the cheapest form measured on a CPU: a Gram
+matrix of the stacked gradients (one [S + 1, n] x [n, S + 1] matmul a
+variable) and XLA-compiled products both took longer (docs/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import tensorflow as tf
+
+from gradmix_tf.mixing import weights
+
+
+class StreamGradients:
+    """The S streams' and the target's gradients on the target's path, and their products.
+
+    Args:
+        streams: S lists of V gradients (global; zeros where a stream has none).
+        target: V gradients of the labelled target loss (global).
+        layer_ids: python list of V ints, the mixing layer (group) of each variable.
+        num_layers: L.
+    """
+
+    def __init__(self, streams, target, layer_ids, num_layers: int):
+        self.streams = list(streams)
+        self.target = list(target)
+        self.layer_ids = list(layer_ids)
+        self.num_layers = int(num_layers)
+
+    @property
+    def num_streams(self) -> int:
+        """S."""
+        return len(self.streams)
+
+    @functools.cached_property
+    def variable_products(self):
+        """(dots [S, V], target_sq [V], stream_sq [S, V]), taken once."""
+        if not self.streams:
+            target_sq = tf.stack([tf.reduce_sum(tf.square(t)) for t in self.target])
+            empty = tf.zeros([0, len(self.target)])
+            return empty, target_sq, empty
+        return weights.per_variable_products(self.target, self.streams)
+
+    def layer_products(self):
+        """(dots [S, L], target_sq [L], stream_sq [S, L]): the products summed per layer."""
+        ids = tf.constant(self.layer_ids, tf.int32)
+        return tuple(weights.layer_sums(p, ids, self.num_layers) for p in self.variable_products)
+
+    def squared_norms(self):
+        """[S + 1] |g_s|^2 of each stream over the target's path, then |g_T|^2."""
+        _, target_sq, stream_sq = self.variable_products
+        return tf.concat([tf.reduce_sum(stream_sq, axis=1), [tf.reduce_sum(target_sq)]], 0)
+
+    def mixed_target_product(self, mixing_weights, target_weight):
+        """(<G, g_T>, |g_T|^2) for G = sum_s w[s, l] g_s + lambda_T g_T, from the products.
+
+        Args:
+            mixing_weights: [S, L].
+            target_weight: lambda_T.
+        """
+        dots, target_sq, _ = self.layer_products()
+        target_total = tf.reduce_sum(target_sq)
+        stream_part = tf.reduce_sum(tf.cast(mixing_weights, tf.float32) * dots)
+        return stream_part + tf.cast(target_weight, tf.float32) * target_total, target_total
