@@ -3,6 +3,8 @@ r"""Times one GradMix training step against joint training, side by side.
     python -m launch.bench_step --config=configs/digits.py
     python -m launch.bench_step --config=configs/digits.py --num_sources=2 --jit_step
     python -m launch.bench_step --config=configs/digits.py --config.model.filters=64,128,256
+    python -m launch.bench_step --config=configs/backbone.py            # MobileNetV3Small
+    python -m launch.bench_step --config=configs/backbone.py --config.model.backbone=ResNet50
 
 What is compared, in one process, on the same network (the config's trunk,
 a target head and one head a source label space), the same optimizer and the
@@ -28,8 +30,13 @@ After `--warmup` steps of each method, `--repeats` rounds each time
 table gives the median over rounds of the time a step, the examples a second
 ((K + 1) * batch size a step) and the peak memory the step adds to what was
 allocated before it (TensorFlow's CPU allocator statistics; on a GPU the
-device's), the largest over rounds. The last line is the GradMix / joint
-step-time ratio at K = 2 (or the first K timed).
+device's), the largest over rounds, and the time of each method's first step
+(`trace s`: tracing the step into a graph, optimising it, and running it
+once), which a run pays once. The last line is the GradMix / joint step-time
+ratio at K = 2 (or the first K timed).
+
+Any trunk a config names is timed: `configs/backbone.py` is a keras.applications
+backbone by name (`--config.model.backbone=ResNet50`, `EfficientNetB0`, ...).
 """
 
 from __future__ import annotations
@@ -157,7 +164,7 @@ def gradient_mib(model: GradMixModel) -> float:
 
 
 def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, jit: bool):
-    """{method: (ms a step, examples a second, peak MiB)} for K = num_sources."""
+    """{method: (ms a step, examples a second, peak MiB, trace s)} for K = num_sources."""
     data = experiment.build_data(config)
     batches = make_batches(config, data, num_sources, count=max(steps, 4))
     keras.utils.set_random_seed(config.seed)
@@ -182,7 +189,11 @@ def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, j
     }
     step_functions = {m: tf.function(f, jit_compile=jit) for m, f in functions.items()}
     device = _device()
-    for step in step_functions.values():
+    traces = {}
+    for method, step in step_functions.items():
+        started = time.perf_counter()
+        float(step(batches[0])["loss"])  # tracing, graph optimisation and one step
+        traces[method] = time.perf_counter() - started
         time_round(step, batches, warmup, device)
     times = {m: [] for m in METHODS}
     peaks = {m: [] for m in METHODS}
@@ -197,16 +208,16 @@ def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, j
     for method in METHODS:
         seconds = statistics.median(times[method])
         peak = None if peaks[method][0] is None else max(peaks[method])
-        table[method] = (1000.0 * seconds, examples / seconds, peak)
+        table[method] = (1000.0 * seconds, examples / seconds, peak, traces[method])
     return table, gradient_mib(models["gradmix"])
 
 
 def format_row(num_sources, method, row, reference_ms) -> str:
-    ms, per_second, peak = row
+    ms, per_second, peak, trace = row
     peak_text = "n/a" if peak is None else f"{peak:8.1f}"
     return (
         f"| {num_sources:2d} | {method:8s} | {ms:8.1f} | {per_second:8.0f} | {peak_text:>8s} "
-        f"| {ms / reference_ms:5.2f} |"
+        f"| {trace:7.1f} | {ms / reference_ms:5.2f} |"
     )
 
 
@@ -231,8 +242,8 @@ def main(argv):
         f"TF {tf.__version__}, Keras {keras.__version__}, device {_device()}; "
         f"{_REPEATS.value} rounds x {_STEPS.value} steps, medians."
     )
-    print("|  K | method   | ms/step  | ex/s     | peak MiB | ratio |")
-    print("|---:|----------|---------:|---------:|---------:|------:|")
+    print("|  K | method   | ms/step  | ex/s     | peak MiB | trace s | ratio |")
+    print("|---:|----------|---------:|---------:|---------:|--------:|------:|")
     ratios = {}
     for num_sources in counts:
         table, grad_mib = benchmark(

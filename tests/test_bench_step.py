@@ -82,8 +82,8 @@ def test_benchmark_times_every_method(monkeypatch):
         tiny_config(), num_sources=2, repeats=2, steps=2, warmup=1, jit=False
     )
     assert set(table) == set(bench_step.METHODS)
-    for ms, per_second, peak in table.values():
-        assert ms > 0 and per_second > 0
+    for ms, per_second, peak, trace in table.values():
+        assert ms > 0 and per_second > 0 and trace > 0
         np.testing.assert_allclose(per_second, 3 * 4 * 1000.0 / ms, rtol=1e-6)  # (K+1) * B
         assert peak is None or peak >= 0
     assert 0 < gradient_mib < 1
