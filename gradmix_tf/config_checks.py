@@ -22,6 +22,7 @@ from gradmix_tf.networks.backbones import check_backbone
 from gradmix_tf.tasks import TASKS, is_import_path, task_builder
 from gradmix_tf.training.options import GradMixOptions
 from gradmix_tf.training.step_guard import ON_NONFINITE
+from gradmix_tf.training.stream_passes import GRADIENT_MEMORY
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -61,6 +62,7 @@ CHOICES = {
     "optimizer.name": OPTIMIZERS,
     "optimizer.schedule": SCHEDULES,
     "train.on_nonfinite": ON_NONFINITE,
+    "gradmix.gradient_memory": GRADIENT_MEMORY,
     "train.distribute": distribute.STRATEGIES,
     "train.precision": distribute.PRECISIONS,
     "train.jit_compile": JIT_COMPILE,

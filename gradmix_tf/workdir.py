@@ -9,7 +9,9 @@ directory holds:
   change what is trained: `train.verbose` (Keras's progress output), `train.distribute`
   (one device, several, or several hosts train the same model: the tests check that two
   replicas equal one device to float rounding, so a run killed on two GPUs may resume on
-  one) and `benchmark` (launch.benchmark's method and seed lists). `config.json` keeps
+  one), `gradmix.gradient_memory` (gradients kept or recomputed: the same step, tested to
+  float rounding; a directory from before the field existed resumes) and `benchmark`
+  (launch.benchmark's method and seed lists). `config.json` keeps
   the values of the run that started the directory.
 - `finished_results`: the results of a finished run (`results.json` and the checkpoint of
   the last step present), which is reported rather than trained or evaluated again.
@@ -45,7 +47,7 @@ RUN_FILES = (
 )
 """What a run writes in its work directory (experiment.py's module docstring)."""
 
-UNCOMPARED_FIELDS = ("train.verbose", "train.distribute", "benchmark")
+UNCOMPARED_FIELDS = ("train.verbose", "train.distribute", "gradmix.gradient_memory", "benchmark")
 """Config fields (or groups) that do not change the experiment's result (module docstring)."""
 
 TRAIN_AGAIN = "use another --workdir, or --overwrite to delete its run and start afresh"

@@ -46,7 +46,9 @@ def fit_under(strategy, mixing: str) -> dict:
     """Trains STEPS steps under `strategy`; returns the mixing weights of every
     step and every trainable variable (each replica's copy must agree)."""
     options = {"mixing": mixing, "adaptive_learning_rate": mixing == "gradmix"}
-    if mixing == "persistent":  # its step size is for cosines
+    if mixing == "persistent_recompute":  # each stream's gradient taken twice
+        options.update(mixing="persistent", gradient_memory="recompute")
+    if options["mixing"] == "persistent":  # its step size is for cosines
         options["alignment"] = "cosine"
     with strategy.scope():
         model = make_model(
@@ -81,7 +83,9 @@ def initial_variables() -> dict:
     return {v.path: v.numpy() for v in model.trainable_variables}
 
 
-@pytest.mark.parametrize("mixing", ["gradmix", "uniform", "pcgrad", "persistent"])
+@pytest.mark.parametrize(
+    "mixing", ["gradmix", "uniform", "pcgrad", "persistent", "persistent_recompute"]
+)
 def test_one_and_two_replicas_train_the_same_model(two_replicas, mixing):
     """Same global batch and seed: the same mixing weights at every step and the same
     variables after 4 steps, for GradMix, joint training (uniform) and PCGrad (run on the
@@ -93,7 +97,7 @@ def test_one_and_two_replicas_train_the_same_model(two_replicas, mixing):
     assert one["mixing_weights"].shape == (STEPS, 3, 3)
     if mixing == "gradmix":  # GradMix weights something else than 1 and 0
         assert 0.05 < one["mixing_weights"].std(), one["mixing_weights"]
-    if mixing == "persistent":  # the weights moved from 1, the same on both
+    if mixing.startswith("persistent"):  # the weights moved from 1, the same on both
         assert 1e-3 < np.abs(one["mixing_weights"][-1] - 1.0).max(), one["mixing_weights"]
     np.testing.assert_allclose(two["mixing_weights"], one["mixing_weights"], atol=1e-5)
     assert one["variables"].keys() == two["variables"].keys()

@@ -47,10 +47,21 @@ class StreamGradients:
         self.layer_ids = list(layer_ids)
         self.num_layers = int(num_layers)
 
+    @classmethod
+    def from_products(cls, products, layer_ids, num_layers: int) -> StreamGradients:
+        """Products taken already (dots [S, V], target_sq [V], stream_sq [S, V]), without
+        the gradients (`gradient_memory="recompute"`): `streams` and `target` are None."""
+        gradients = cls([], [], layer_ids, num_layers)
+        gradients.streams = gradients.target = None
+        gradients.__dict__["variable_products"] = products
+        return gradients
+
     @property
     def num_streams(self) -> int:
         """S."""
-        return len(self.streams)
+        return (
+            int(self.variable_products[0].shape[0]) if self.streams is None else len(self.streams)
+        )
 
     @functools.cached_property
     def variable_products(self):

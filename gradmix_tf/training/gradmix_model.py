@@ -9,12 +9,12 @@ import keras
 import tensorflow as tf
 
 from gradmix_tf import distribute
-from gradmix_tf.mixing import adaptive_lr, groups, weights
-from gradmix_tf.mixing.stream_gradients import StreamGradients
+from gradmix_tf.mixing import adaptive_lr, groups
 from gradmix_tf.rules import StreamBatch, make_rule
 from gradmix_tf.training.learning_rate import with_adaptive_learning_rate
 from gradmix_tf.training.options import GradMixOptions
 from gradmix_tf.training.step_guard import StepGuard
+from gradmix_tf.training.stream_passes import make_stream_passes
 
 PSEUDO_LABEL_STREAM = "pseudo_labels"
 
@@ -103,6 +103,7 @@ class GradMixModel(keras.Model):
         if self.num_unlabelled < 0:
             raise ValueError(f"num_unlabelled must be >= 0, got {self.num_unlabelled}.")
         self.rule = make_rule(self.options)
+        self.stream_passes = make_stream_passes(self)
         self.guard = StepGuard(self)
         self._make_heads()
         self._make_state()
@@ -219,36 +220,28 @@ class GradMixModel(keras.Model):
         #    reweight their examples.
         streams, target = self._stream_batches(data)
         streams = self.rule.prepare_streams(self, streams, target)
-        # 2. Stream gradients g_s [S][V] on the target's path, and on each stream's own head.
-        losses, path_grads, head_grads = self._all_stream_gradients(streams)
-        # 3. Target gradient g_T [V] on the labelled target batch.
-        target_loss, target_grads, _ = self.stream_gradients(target)
-        # The rule, the checks and rho see the global (all-reduced) gradients, whose
-        # products (dots, squared norms) are taken once, when first asked for.
-        gradients = StreamGradients(
-            [distribute.all_reduce_sum(g) for g in path_grads],
-            distribute.all_reduce_sum(target_grads),
-            self.mixing_layer_ids,
-            self.num_mixing_layers,
-        )
+        # 2-3. Stream gradients g_s [S][V] on the target's path (and on each stream's own
+        #    head), the target gradient g_T [V] on B_T. The rule, the checks and rho see
+        #    them global (all-reduced), their products taken once; `gradient_memory`
+        #    keeps them for step 5 or takes them again there.
+        step = self.stream_passes.run(streams, target)
+        head_grads = step.head_grads
         # The streams (then the target) with a NaN/Inf loss or gradient [S + 1]: if
         # any, step 7 stops or skips, and nothing below changes any state.
         nonfinite = self.guard.nonfinite_streams(
-            [*losses, target_loss], gradients.squared_norms(), head_grads
+            [*step.losses, step.target_loss], step.gradients.squared_norms(), head_grads
         )
         # 4. Layer-wise mixing weights w [S, L] and lambda_T from the mixing rule.
-        mix = self.rule.mix(self, streams, target, gradients)
+        mix = self.rule.mix(self, streams, target, step.gradients)
         # 5. Mixed gradient G [V] on the target's path; source heads keep their own.
-        mixed = weights.mix_gradients(
-            path_grads, mix.weights, self.mixing_layer_ids, target_grads, mix.target_weight
-        )
+        mixed = step.mix(mix.weights, mix.target_weight)
         if mix.source_head_scale is not None:
             head_grads = [[g * mix.source_head_scale for g in own] for own in head_grads]
         # 6. Adaptive learning rate: rho_t = max(cos(G, g_T), 0) (r_t is set in `_update`),
         #    <G, g_T> from the products.
         rho = adaptive_lr.batch_importance_from_products(
             distribute.all_reduce_sum(mixed),
-            *gradients.mixed_target_product(mix.weights, mix.target_weight),
+            *step.gradients.mixed_target_product(mix.weights, mix.target_weight),
         )
         # 7. One optimizer step over every trainable variable (with r_t and w), unless
         #    a stream is not finite.
@@ -256,7 +249,7 @@ class GradMixModel(keras.Model):
         self.guard.update_if_finite(
             nonfinite, self._update, (grads, variables, mix.weights, rho, mix.state), grads
         )
-        return self._train_logs(target_loss, losses, mix.weights, rho)
+        return self._train_logs(step.target_loss, step.losses, mix.weights, rho)
 
     def _stream_batches(self, data):
         """The step's source (and pseudo-labelled) batches, and the labelled target's."""
@@ -276,25 +269,43 @@ class GradMixModel(keras.Model):
         example_weights = confidence if use_confidence else accepted
         return StreamBatch(x, labels, 0, example_weights, accepted)
 
-    def _all_stream_gradients(self, streams):
-        """Step 2 for every stream: (losses [S], path gradients [S][V], head gradients [S])."""
-        results = [self.stream_gradients(stream) for stream in streams]
-        return tuple([r[i] for r in results] for i in range(3))
+    def per_example_loss(self, batch: StreamBatch, state=None):
+        """[B] the cross-entropy of each example in its stream's head (training mode).
 
-    def per_example_loss(self, batch: StreamBatch):
-        """[B] the cross-entropy of each example in its stream's head (training mode)."""
-        logits = self.heads[batch.head](self.trunk(batch.x, training=True), training=True)
+        With `state` (`layer_states`), the pass runs with those non-trainable values
+        (batch-norm statistics, random seeds) and changes none (`stateless_call`).
+        """
+        head = self.heads[batch.head]
+        if state is None:
+            logits = head(self.trunk(batch.x, training=True), training=True)
+            return cross_entropy(batch.labels, logits)
+        trunk_state, head_state = state
+        features, _ = self.trunk.stateless_call(
+            [v.value for v in self.trunk.trainable_variables], trunk_state, batch.x, training=True
+        )
+        logits, _ = head.stateless_call(
+            [v.value for v in head.trainable_variables], head_state, features, training=True
+        )
         return cross_entropy(batch.labels, logits)
 
-    def stream_gradients(self, batch: StreamBatch):
+    def layer_states(self, head: int):
+        """(trunk, head) non-trainable values as they are now (read, not the variables,
+        which later passes change), for `per_example_loss`."""
+        return (
+            [tf.identity(v.value) for v in self.trunk.non_trainable_variables],
+            [tf.identity(v.value) for v in self.heads[head].non_trainable_variables],
+        )
+
+    def stream_gradients(self, batch: StreamBatch, state=None):
         """(loss, gradients on the target's path [V], on the stream's own head).
 
         The loss is the global-batch mean (times the replicas, for logs);
         gradients are float32 and zeros where the stream has none (never None).
+        With `state`, as `per_example_loss`.
         """
         own_variables = self.heads[batch.head].trainable_variables if batch.head else []
         with tf.GradientTape() as tape:
-            loss = self._scaled_mean(self.per_example_loss(batch), batch)
+            loss = self._scaled_mean(self.per_example_loss(batch, state), batch)
             scaled_loss = self.guard.scale_loss(loss)
         variables = self.path_variables + own_variables
         grads = tape.gradient(scaled_loss, variables)

@@ -14,6 +14,7 @@ from gradmix_tf.errors import ConfigError
 from gradmix_tf.mixing import groups, weights
 from gradmix_tf.rules import RULES
 from gradmix_tf.training.step_guard import ON_NONFINITE
+from gradmix_tf.training.stream_passes import GRADIENT_MEMORY
 
 WEIGHT_SOLVERS = ("closed_form", "lookahead")
 
@@ -69,6 +70,12 @@ class GradMixOptions:
         jit_mixing_weights: solve the mixing weights with the XLA-compiled
             `weights.solve_mixing_weights_jit` (pure tensors in and out, so
             it also runs under tf.distribute; the all-reduce stays outside).
+        gradient_memory: "store" (every stream's gradient kept for the mix:
+            K + 2 gradient copies of the target's path, the fastest) or
+            "recompute" (each stream's gradient taken twice, one at a time:
+            at most three copies, for one more forward/backward pass a
+            stream); `training.stream_passes`. "recompute" serves every
+            rule but "pcgrad" and the look-ahead solver.
     """
 
     mixing: str = "gradmix"
@@ -93,6 +100,7 @@ class GradMixOptions:
     persistent_step_size: float = 0.02
     persistent_max: float = 3.0
     jit_mixing_weights: bool = False
+    gradient_memory: str = "store"
 
     def __post_init__(self):
         def choice(field, allowed):
@@ -107,6 +115,15 @@ class GradMixOptions:
         choice("layer_groups", groups.LAYER_GROUPS)
         choice("normalization", weights.NORMALIZATIONS)
         choice("on_nonfinite", ON_NONFINITE)
+        choice("gradient_memory", GRADIENT_MEMORY)
+        if self.gradient_memory == "recompute" and (
+            self.mixing == "pcgrad" or self.weight_solver == "lookahead"
+        ):
+            raise ConfigError(
+                "gradient_memory='recompute' keeps only the streams' products with the "
+                "target, but mixing='pcgrad' and weight_solver='lookahead' read the gradients "
+                "themselves: use gradient_memory='store' with them."
+            )
         if self.weight_solver == "lookahead" and self.alignment != "dot":
             raise ConfigError(
                 "weight_solver='lookahead' measures the meta-gradient: use alignment='dot'."

@@ -1,0 +1,151 @@
+"""Steps 2, 3 and 5 of a GradMix step: the streams' gradients, kept or recomputed.
+
+A GradMix step needs every stream's gradient twice: for the products the
+mixing rule reads (step 4), then for the mixed gradient (step 5). How they
+are held between the two is `GradMixOptions.gradient_memory`:
+
+- "store" (the default): every stream's gradient is kept, K + 1 copies of the
+  target's path (plus the mixed gradient): the fastest.
+- "recompute": the streams' passes run one after another, each stream's
+  gradient is reduced to its products with g_T and dropped; step 5 takes each
+  stream's gradient again (a second forward and backward pass, with the batch
+  statistics and random state its first pass had, through `stateless_call`)
+  and adds it to the mixed gradient at once. At most three copies are held
+  (g_T, G and one stream's gradient), whatever K, for about one more
+  forward/backward pass a source stream. It serves the rules that read only
+  the products (every rule but "pcgrad" and the look-ahead solver, which read
+  the gradients themselves).
+
+Both give the same step (tests/test_stream_passes.py); docs/RESULTS.md has
+their time and peak memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from gradmix_tf import distribute
+from gradmix_tf.mixing import weights
+from gradmix_tf.mixing.stream_gradients import StreamGradients
+
+GRADIENT_MEMORY = ("store", "recompute")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepGradients:
+    """What steps 2-3 give a step (a new object every step and replica: under a
+    `MirroredStrategy` the replicas trace the step at once, so nothing of a step is kept
+    on the shared passes object).
+
+    Attributes:
+        losses: S stream losses.
+        head_grads: S lists of each stream's gradients on its own head.
+        target_loss: the labelled target loss.
+        gradients: the global `StreamGradients` (products taken once).
+        mix: step 5, `mix(mixing_weights [S, L], target_weight)` -> the local mixed
+            gradient G [V] on the target's path.
+    """
+
+    losses: list
+    head_grads: list
+    target_loss: tf.Tensor
+    gradients: StreamGradients
+    mix: Callable
+
+
+class StoredPasses:
+    """Every stream's gradient kept from step 2 to step 5.
+
+    Args:
+        model: the `GradMixModel`.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, streams, target) -> StepGradients:
+        """Steps 2-3, each stream's gradient kept for step 5."""
+        model = self.model
+        results = [model.stream_gradients(stream) for stream in streams]
+        losses, path_grads, head_grads = ([r[i] for r in results] for i in range(3))
+        target_loss, target_grads, _ = model.stream_gradients(target)
+        gradients = StreamGradients(
+            [distribute.all_reduce_sum(g) for g in path_grads],
+            distribute.all_reduce_sum(target_grads),
+            model.mixing_layer_ids,
+            model.num_mixing_layers,
+        )
+        mix = functools.partial(self.mix, path_grads, target_grads)
+        return StepGradients(losses, head_grads, target_loss, gradients, mix)
+
+    def mix(self, path_grads, target_grads, mixing_weights, target_weight):
+        """Step 5: the local mixed gradient G [V] on the target's path."""
+        return weights.mix_gradients(
+            path_grads, mixing_weights, self.model.mixing_layer_ids, target_grads, target_weight
+        )
+
+
+class RecomputedPasses:
+    """Each stream's gradient reduced to its products, then taken again for the mix.
+
+    Args:
+        model: the `GradMixModel`.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def run(self, streams, target) -> StepGradients:
+        """Steps 2-3, one stream at a time (see the module's docstring)."""
+        model = self.model
+        target_loss, target_grads, _ = model.stream_gradients(target)
+        global_target = distribute.all_reduce_sum(target_grads)
+        target_sq = tf.stack([tf.reduce_sum(tf.square(t)) for t in global_target])
+        losses, head_grads, dots, stream_sq, states = [], [], [], [], []
+        previous = [target_sq]
+        for stream in streams:
+            with tf.control_dependencies(previous):  # one stream's gradient alive at a time
+                states.append(model.layer_states(stream.head))
+                loss, path_grads, own_grads = model.stream_gradients(stream)
+            global_path = distribute.all_reduce_sum(path_grads)
+            dots.append(
+                tf.stack([tf.reduce_sum(t * g) for t, g in zip(global_target, global_path)])
+            )
+            stream_sq.append(tf.stack([tf.reduce_sum(tf.square(g)) for g in global_path]))
+            losses.append(loss)
+            head_grads.append(own_grads)
+            previous = [dots[-1], stream_sq[-1]]
+        empty = tf.zeros([0, len(target_grads)])
+        products = (
+            tf.stack(dots) if dots else empty,
+            target_sq,
+            tf.stack(stream_sq) if stream_sq else empty,
+        )
+        gradients = StreamGradients.from_products(
+            products, model.mixing_layer_ids, model.num_mixing_layers
+        )
+        mix = functools.partial(self.mix, streams, states, target_grads)
+        return StepGradients(losses, head_grads, target_loss, gradients, mix)
+
+    def mix(self, streams, states, target_grads, mixing_weights, target_weight):
+        """Step 5: G = lambda_T g_T + sum_s w[s, l] g_s, each g_s taken again and added."""
+        model = self.model
+        mixed = [target_weight * g for g in target_grads]
+        for s, (stream, state) in enumerate(zip(streams, states)):
+            with tf.control_dependencies(mixed):  # after the previous stream is added
+                _, path_grads, _ = model.stream_gradients(stream, state)
+            mixed = [
+                m + tf.cast(mixing_weights[s, layer], g.dtype) * g
+                for m, g, layer in zip(mixed, path_grads, model.mixing_layer_ids)
+            ]
+        return mixed
+
+
+def make_stream_passes(model):
+    """The passes `model.options.gradient_memory` names."""
+    kinds = {"store": StoredPasses, "recompute": RecomputedPasses}
+    return kinds[model.options.gradient_memory](model)
