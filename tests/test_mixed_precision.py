@@ -84,3 +84,17 @@ def test_a_nan_loss_still_stops():
     data = random_batch(SOURCES)
     with pytest.raises(tf.errors.InvalidArgumentError, match="stream\\(s\\) .*target"):
         tf.function(model.train_step)(data)
+
+
+def test_recomputed_gradients_under_loss_scaling_equal_the_stored():
+    """`gradient_memory="recompute"` under `mixed_float16`: the second passes scale and
+    unscale their losses as the first do, so the step is the stored one's."""
+    stored = model_under("mixed_float16")
+    recomputed = model_under("mixed_float16", gradient_memory="recompute")
+    for seed in range(2):
+        tf.function(stored.train_step)(random_batch(SOURCES, seed=seed))
+        tf.function(recomputed.train_step)(random_batch(SOURCES, seed=seed))
+    np.testing.assert_allclose(recomputed.mixing_weights, stored.mixing_weights, atol=1e-5)
+    for a, b in zip(stored.trainable_variables, recomputed.trainable_variables):
+        np.testing.assert_allclose(b.numpy(), a.numpy(), rtol=1e-4, atol=1e-5, err_msg=a.path)
+    assert int(recomputed.optimizer.iterations.numpy()) == 2

@@ -80,9 +80,9 @@ def test_recompute_gives_the_stored_step(options):
     assert moving and all(np.abs(v.numpy() - v.numpy().flat[0]).max() > 0 for v in moving)
 
 
-def test_a_second_pass_sees_the_first_pass_statistics_and_mask():
+def test_a_second_pass_repeats_the_first():
     """`stream_gradients(batch, state)` with the state read before the first pass: the same
-    batch statistics and dropout mask, so the same gradients, and no state changes."""
+    batch statistics and dropout mask, so the same gradients, and the same state after."""
     model = make_model("recompute", dropout=0.5)
     stream = model._stream_batches(random_batch(SOURCES, seed=4, num_unlabelled=6))[0][1]
     state = model.layer_states(stream.head)
@@ -103,3 +103,45 @@ def test_recompute_refuses_the_rules_that_read_the_gradients(options):
         GradMixOptions(gradient_memory="recompute", **options)
     with pytest.raises(ConfigError, match="gradient_memory must be one of"):
         GradMixOptions(gradient_memory="disk")
+
+
+@pytest.mark.parametrize("gradient_memory", ["store", "recompute"])
+def test_each_pass_normalises_with_its_own_batch(gradient_memory):
+    """Batch normalisation in a step: every pass (sources, P, target) normalises with its own
+    batch's statistics (not the concatenated batch's, as joint training would), and the moving
+    mean takes one update a pass: the sources, P, then the target ("store"); the target
+    first ("recompute", whose second passes repeat the first, ending in the same state)."""
+    model = make_model(gradient_memory, mixing="persistent", alignment="cosine")
+    batch = random_batch(SOURCES, seed=5, num_unlabelled=NUM_UNLABELLED)
+    streams, target = model._stream_batches(batch)
+    conv, bn = model.trunk.get_layer("conv"), model.trunk.get_layer("bn")
+    passes = [*streams, target] if gradient_memory == "store" else [target, *streams]
+    expected_mean = bn.moving_mean.numpy()
+    for stream in passes:  # moving = momentum * moving + (1 - momentum) * batch mean
+        batch_mean = tf.reduce_mean(conv(stream.x), axis=[0, 1, 2]).numpy()
+        expected_mean = 0.5 * expected_mean + 0.5 * batch_mean
+    trunk_values = [v.value for v in model.trunk.trainable_variables]
+    trunk_state = [tf.identity(v.value) for v in model.trunk.non_trainable_variables]
+
+    def loss_with_batch_statistics_of(x, stream, rows):
+        """The stream's loss when its examples (`rows` of `x`) are normalised with x's."""
+        features = model.trunk.stateless_call(trunk_values, trunk_state, x, training=True)[0]
+        logits = model.heads[stream.head](features[rows])
+        return float(
+            tf.reduce_mean(
+                keras.losses.sparse_categorical_crossentropy(stream.labels, logits, True)
+            )
+        )
+
+    sources = streams[:2]
+    pooled_x = tf.concat([s.x for s in sources], axis=0)
+    own = [loss_with_batch_statistics_of(s.x, s, slice(0, 4)) for s in sources]
+    pooled = [
+        loss_with_batch_statistics_of(pooled_x, s, slice(4 * k, 4 * (k + 1)))
+        for k, s in enumerate(sources)
+    ]
+    logs = tf.function(model.train_step)(batch)
+    np.testing.assert_allclose(bn.moving_mean.numpy(), expected_mean, rtol=1e-5, atol=1e-6)
+    for k, name in enumerate(model.source_names):
+        np.testing.assert_allclose(float(logs[f"loss/{name}"]), own[k], rtol=1e-5)
+        assert abs(own[k] - pooled[k]) > 1e-4, (own, pooled)

@@ -269,43 +269,39 @@ class GradMixModel(keras.Model):
         example_weights = confidence if use_confidence else accepted
         return StreamBatch(x, labels, 0, example_weights, accepted)
 
-    def per_example_loss(self, batch: StreamBatch, state=None):
-        """[B] the cross-entropy of each example in its stream's head (training mode).
-
-        With `state` (`layer_states`), the pass runs with those non-trainable values
-        (batch-norm statistics, random seeds) and changes none (`stateless_call`).
-        """
-        head = self.heads[batch.head]
-        if state is None:
-            logits = head(self.trunk(batch.x, training=True), training=True)
-            return cross_entropy(batch.labels, logits)
-        trunk_state, head_state = state
-        features, _ = self.trunk.stateless_call(
-            [v.value for v in self.trunk.trainable_variables], trunk_state, batch.x, training=True
-        )
-        logits, _ = head.stateless_call(
-            [v.value for v in head.trainable_variables], head_state, features, training=True
-        )
+    def per_example_loss(self, batch: StreamBatch):
+        """[B] the cross-entropy of each example in its stream's head (training mode)."""
+        logits = self.heads[batch.head](self.trunk(batch.x, training=True), training=True)
         return cross_entropy(batch.labels, logits)
 
     def layer_states(self, head: int):
-        """(trunk, head) non-trainable values as they are now (read, not the variables,
-        which later passes change), for `per_example_loss`."""
+        """(trunk, head) non-trainable values as they are now (batch-norm statistics, random
+        seeds; read, not the variables, which later passes change)."""
         return (
             [tf.identity(v.value) for v in self.trunk.non_trainable_variables],
             [tf.identity(v.value) for v in self.heads[head].non_trainable_variables],
         )
+
+    def _restore_layer_states(self, head: int, state):
+        trunk_state, head_state = state
+        variables = self.trunk.non_trainable_variables + self.heads[head].non_trainable_variables
+        for variable, value in zip(variables, [*trunk_state, *head_state]):
+            variable.assign(value)
 
     def stream_gradients(self, batch: StreamBatch, state=None):
         """(loss, gradients on the target's path [V], on the stream's own head).
 
         The loss is the global-batch mean (times the replicas, for logs);
         gradients are float32 and zeros where the stream has none (never None).
-        With `state`, as `per_example_loss`.
+        With `state` (`layer_states`, read before an earlier pass on the same batch), the
+        trunk and head start from it: the pass repeats that one (its batch statistics,
+        dropout masks and state updates).
         """
+        if state is not None:
+            self._restore_layer_states(batch.head, state)
         own_variables = self.heads[batch.head].trainable_variables if batch.head else []
         with tf.GradientTape() as tape:
-            loss = self._scaled_mean(self.per_example_loss(batch, state), batch)
+            loss = self._scaled_mean(self.per_example_loss(batch), batch)
             scaled_loss = self.guard.scale_loss(loss)
         variables = self.path_variables + own_variables
         grads = tape.gradient(scaled_loss, variables)

@@ -8,9 +8,10 @@ are held between the two is `GradMixOptions.gradient_memory`:
   target's path (plus the mixed gradient): the fastest.
 - "recompute": the streams' passes run one after another, each stream's
   gradient is reduced to its products with g_T and dropped; step 5 takes each
-  stream's gradient again (a second forward and backward pass, with the batch
-  statistics and random state its first pass had, through `stateless_call`)
-  and adds it to the mixed gradient at once. At most three copies are held
+  stream's gradient again (a second forward and backward pass that starts from
+  the non-trainable state its first pass started from, so it repeats that pass:
+  the same batch statistics, dropout masks and state updates, ending in the
+  state the first passes left) and adds it to the mixed gradient at once. At most three copies are held
   (g_T, G and one stream's gradient), whatever K, for about one more
   forward/backward pass a source stream. It serves the rules that read only
   the products (every rule but "pcgrad" and the look-ahead solver, which read
@@ -57,8 +58,9 @@ class StepGradients:
     mix: Callable
 
 
-class StoredPasses:
-    """Every stream's gradient kept from step 2 to step 5.
+class StreamPasses:
+    """How a step takes its streams' gradients (`run`: steps 2-3, giving the step's
+    `StepGradients`, whose `mix` is step 5).
 
     Args:
         model: the `GradMixModel`.
@@ -66,6 +68,13 @@ class StoredPasses:
 
     def __init__(self, model):
         self.model = model
+
+    def run(self, streams, target) -> StepGradients:
+        raise NotImplementedError
+
+
+class StoredPasses(StreamPasses):
+    """Every stream's gradient kept from step 2 to step 5."""
 
     def run(self, streams, target) -> StepGradients:
         """Steps 2-3, each stream's gradient kept for step 5."""
@@ -89,15 +98,8 @@ class StoredPasses:
         )
 
 
-class RecomputedPasses:
-    """Each stream's gradient reduced to its products, then taken again for the mix.
-
-    Args:
-        model: the `GradMixModel`.
-    """
-
-    def __init__(self, model):
-        self.model = model
+class RecomputedPasses(StreamPasses):
+    """Each stream's gradient reduced to its products, then taken again for the mix."""
 
     def run(self, streams, target) -> StepGradients:
         """Steps 2-3, one stream at a time (see the module's docstring)."""
