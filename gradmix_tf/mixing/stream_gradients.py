@@ -14,12 +14,11 @@ made from them, so only |G|^2 takes another pass over the gradients
 (`mixed_target_product`, `adaptive_lr.batch_importance_from_products`).
 
 Every pass over the gradients reads (S + 1) x the target path's size from
-memory; on a large network (ResNet50: 23.5 M weights, about 94 MB a gradient
-copy) these passes, not the arithmetic, are GradMix's cost over joint
-training (docs/algorithm.md, "Cost"). The per-variable products are one
-multiply and one sum a pair, the cheapest form measured on a CPU: a Gram
-matrix of the stacked gradients (one [S + 1, n] x [n, S + 1] matmul a
-variable) and XLA-compiled products both took longer (docs/RESULTS.md).
+memory (ResNet50: about 90 MiB a gradient copy); it grows with the number of
+weights, as the optimizer's own work does (docs/algorithm.md, "Cost and
+memory"). The per-variable products are one multiply and one sum a pair: a
+Gram matrix of the stacked gradients (one [S + 1, n] x [n, S + 1] matmul a
+variable) was slower on a CPU (docs/RESULTS.md, "Tried and not kept").
 """
 
 from __future__ import annotations
