@@ -63,6 +63,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gradmix.weight_total = "num_streams"  # or a number
     config.gradmix.target_weight = 1.0  # lambda_T
     config.gradmix.share_target_head = True
+    # Label adapters (docs/algorithm.md, "Label adapters"): a source with classes of the
+    # target's (by name, or by its declared relation) predicts through h_T and a learned
+    # relation M_s, instead of a head of its own; M_s starts at the name match ("name_match",
+    # logits adapter_strength), "uniform", or is estimated after a warm-up on its own head
+    # ("estimate", adapter_warmup_epochs); target classes the source lacks keep "uniform" rows
+    # or are "masked".
+    config.gradmix.label_adapter = False
+    config.gradmix.adapter_start = "name_match"
+    config.gradmix.adapter_strength = 4.0
+    config.gradmix.adapter_absent_rows = "uniform"
+    config.gradmix.adapter_warmup_epochs = 0
+    config.gradmix.adapter_refresh_every = 0  # epochs; 0: estimated once
+    config.gradmix.adapter_trace_penalty = 0.0
     config.gradmix.lookahead_init = 0.0
     config.gradmix.lookahead_step_size = 0.0  # 0: the optimizer's learning rate
     config.gradmix.adaptive_learning_rate = True

@@ -21,7 +21,10 @@ Development tasks with harm in them (a third source with its own head that shoul
 `:random_source` adds MNIST 5-9 with random labels, `:unrelated_source` an unrelated photo
 task, `:noisy_source` MNIST 5-9 with random labels in the target's label space, so that it
 shares the target's head (`gradmix_tf/tasks/harmful_sources.py`); combine with smoke as
-`:random_source,smoke`.
+`:random_source,smoke`. Development tasks of the label adapters (a fourth source, the USPS
+test digits 0-9 named as the target's classes, `gradmix_tf/tasks/label_space_sources.py`):
+`:correct_source`, `:half_random_source`, `:pair_flip_source` (40% of each digit labelled as
+the next) and `:reordered_source` (class ids permuted).
 
 or set the options on the command line: `--config.data.task_options.manual_dir=/tmp/manual
 --config.data.task_options.data_dir=/tmp/tfds`. Without them the task stops within seconds
@@ -42,14 +45,23 @@ EXTRA_SOURCES = {
     "unrelated_source": "photo_patches",
     "noisy_source": "noisy_target_labels",
 }
+# Sources in the target's label space (USPS test digits 0-9) under a label relation.
+LABEL_SPACE_SOURCES = {
+    "correct_source": "correct",
+    "half_random_source": "half_random",
+    "pair_flip_source": "pair_flips",
+    "reordered_source": "reordered",
+}
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     parts = [p for p in (arg or "").split(",") if p]
     extras = [EXTRA_SOURCES[p] for p in parts if p in EXTRA_SOURCES]
-    rest = [p for p in parts if p not in EXTRA_SOURCES]
-    if len(rest) > 1:
-        raise ValueError(f"unknown config argument {arg!r}; use smoke, {', '.join(EXTRA_SOURCES)}.")
+    relations = [LABEL_SPACE_SOURCES[p] for p in parts if p in LABEL_SPACE_SOURCES]
+    rest = [p for p in parts if p not in EXTRA_SOURCES and p not in LABEL_SPACE_SOURCES]
+    if len(rest) > 1 or len(relations) > 1:
+        known = ", ".join([*EXTRA_SOURCES, *LABEL_SPACE_SOURCES])
+        raise ValueError(f"unknown config argument {arg!r}; use smoke, {known}.")
     config = digits.get_config(rest[0] if rest else None)
     config.data.task = "digits_mnistm"
     # Options of gradmix_tf.tasks.digits_mnistm.mnist_usps_to_mnistm. The manual dir holds
@@ -66,4 +78,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Sources that should not help, after MNIST and USPS: "random_labels", "photo_patches",
     # "noisy_target_labels".
     config.data.task_options.extra_sources = tuple(extras)
+    # A source in the target's label space (the USPS test digits 0-9) under a label relation:
+    # "correct", "half_random", "pair_flips", "reordered"; "" for none.
+    config.data.task_options.label_space_source = relations[0] if relations else ""
     return config

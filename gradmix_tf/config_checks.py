@@ -51,6 +51,7 @@ COUNTS = (  # >= 0
 FLAGS = (
     "data.use_sources",
     "gradmix.share_target_head",
+    "gradmix.label_adapter",
     "gradmix.adaptive_learning_rate",
     "gradmix.jit_mixing_weights",
     "pseudo_labels.enabled",

@@ -49,6 +49,11 @@ from absl import logging
 from gradmix_tf import distribute
 from gradmix_tf import workdir as workdirs
 from gradmix_tf.callbacks.checkpoints import Checkpointer, batches_consumed, restore_latest
+from gradmix_tf.callbacks.label_relations import (
+    LabelRelationEstimator,
+    argmax_mismatches,
+    save_relation_heatmap,
+)
 from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
 from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
 from gradmix_tf.config_checks import check_config
@@ -172,6 +177,7 @@ def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> Gra
         [s.name for s in data.sources],
         num_unlabelled=unlabelled.size if config.pseudo_labels.enabled and unlabelled else 0,
         options=GradMixOptions.from_config(config),
+        source_label_relations=[s.label_relation for s in data.sources],
     )
     model.build((None, *data.image_shape))
     check_model_matches_data(model, data)
@@ -270,6 +276,17 @@ def _callbacks(config, workdir, data, model, start_step=0):
                 ema_decay=pl.ema_decay or None,
             )
         )
+    options = model.options
+    if model.label_adapters and (options.adapter_warmup_epochs or options.adapter_refresh_every):
+        callbacks.append(
+            LabelRelationEstimator(
+                data.sources,
+                warmup_epochs=options.adapter_warmup_epochs,
+                refresh_every=options.adapter_refresh_every,
+                batch_size=config.train.eval_batch_size,
+                log_dir=os.path.join(workdir, "tensorboard", "label_relations"),
+            )
+        )
     mixing_logger = MixingWeightsLogger(
         os.path.join(workdir, "tensorboard", "mixing"),
         every_n_steps=config.train.log_every_steps,
@@ -314,6 +331,34 @@ def mixing_weight_summary(model: GradMixModel) -> dict:
             s: dict(zip(layers, map(float, matrix[i]))) for i, s in enumerate(model.stream_names)
         },
     }
+
+
+def label_relation_summary(model: GradMixModel) -> dict:
+    """Each label adapter's relation M_s and how many rows' argmax leave the name match."""
+    names = [n for n, a in zip(model.source_names, model.stream_adapters) if a is not None]
+    summary = {}
+    for name, adapter in zip(names, model.label_adapters):
+        relation = adapter.relation()
+        summary[name] = {
+            "argmax_mismatches": argmax_mismatches(relation, adapter.matches),
+            "relation": relation.round(4).tolist(),
+        }
+    return summary
+
+
+def save_label_relations(model: GradMixModel, workdir: str):
+    """A heat map PNG of each label adapter's relation, `label_relation_<source>.png`."""
+    adapters = dict(zip(model.source_names, model.stream_adapters))
+    for k, name in enumerate(model.source_names):
+        if adapters[name] is None:
+            continue
+        save_relation_heatmap(
+            model.label_adapters[adapters[name]].relation(),
+            model.target_class_names,
+            model.source_class_names[k],
+            os.path.join(workdir, f"label_relation_{name}.png"),
+            title=f"label relation of {name}",
+        )
 
 
 def _fit(model, data, config, write_dir, start_step):
@@ -411,12 +456,16 @@ def train_and_evaluate(
         "train_seconds": train_seconds,
         **mixing_weight_summary(model),
     }
+    if model.label_adapters:
+        results["label_relations"] = label_relation_summary(model)
     if model.num_unlabelled:
         results["pseudo_label_acceptance"] = float(model.pseudo_label_acceptance.numpy())
         results["pseudo_label_precision"] = float(model.pseudo_label_precision.numpy())
     if not chief:
         distribute.remove_worker_directory(workdir, write_dir)
         return results
+    if model.label_adapters:
+        save_label_relations(model, workdir)
     workdirs.write_json(os.path.join(workdir, "results.json"), results)
     export_target_model(
         model, os.path.join(workdir, "export"), data.image_shape, data.target_class_names

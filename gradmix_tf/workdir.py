@@ -68,6 +68,20 @@ def _flatten(tree, prefix: str = "") -> dict:
     return flat
 
 
+ADDED_FIELDS = {
+    "gradmix.label_adapter": False,
+    "gradmix.adapter_start": "name_match",
+    "gradmix.adapter_strength": 4.0,
+    "gradmix.adapter_absent_rows": "uniform",
+    "gradmix.adapter_warmup_epochs": 0,
+    "gradmix.adapter_refresh_every": 0,
+    "gradmix.adapter_trace_penalty": 0.0,
+    "data.task_options.label_space_source": "",
+}
+"""Config fields added after work directories were written, with the value that trains
+what such a directory trained: a stored config without the field equals one with it."""
+
+
 def _compared(field: str) -> bool:
     return not any(field == f or field.startswith(f + ".") for f in UNCOMPARED_FIELDS)
 
@@ -79,6 +93,9 @@ def config_differences(stored: dict, config: dict) -> list[tuple[str, object, ob
     """(dotted field, stored value, new value) of every compared field that differs:
     top-level fields first (`method`, `seed`), then in the order of the stored config."""
     before, after = _flatten(stored), _flatten(config)
+    for field, value in ADDED_FIELDS.items():
+        if field not in before and after.get(field, _ABSENT) == value:
+            before[field] = value
     fields = list(dict.fromkeys([*before, *after]))
     fields.sort(key=lambda field: field.count("."))  # stable: the config's order within a depth
     return [

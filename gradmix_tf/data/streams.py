@@ -85,12 +85,17 @@ class LabelledStream:
             an example being an image `[H, W, C]` or a clip `[T, H, W, C]`.
         class_names: the label space; label `i` means `class_names[i]`.
         size: number of examples, when known.
+        label_relation: the target class each of the stream's classes is, where
+            its name differs (source class name -> target class name), or None:
+            classes are matched to the target's by name
+            (`GradMixOptions.label_adapter`).
     """
 
     name: str
     dataset: tf.data.Dataset
     class_names: tuple[str, ...]
     size: int | None = None
+    label_relation: dict[str, str] | None = None
 
     @classmethod
     def from_arrays(
@@ -101,6 +106,7 @@ class LabelledStream:
         class_names: Sequence[str],
         *,
         kind: str | None = None,
+        label_relation: dict[str, str] | None = None,
     ) -> LabelledStream:
         """Builds a stream from numpy arrays (values: see the module docstring).
 
@@ -110,6 +116,7 @@ class LabelledStream:
             labels: `[N]` integer class ids in `[0, len(class_names))`.
             kind: "images", "clips" or None (read from the rank; see the
                 module docstring: grey clips `[N, T, H, W]` need "clips").
+            label_relation: see the class docstring.
         """
         class_names = tuple(str(c) for c in class_names)
         kind = example_kind(kind, np.ndim(images))
@@ -122,7 +129,7 @@ class LabelledStream:
         if len(images) == 0:
             raise DataError(f"stream '{name}' is empty: it needs at least one {kind.unit}.")
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
-        return cls(name, dataset, class_names, len(images))
+        return cls(name, dataset, class_names, len(images), label_relation)
 
     @classmethod
     def from_dataset(
@@ -133,6 +140,7 @@ class LabelledStream:
         size: int | None = None,
         *,
         kind: str | None = None,
+        label_relation: dict[str, str] | None = None,
     ) -> LabelledStream:
         """Wraps an unbatched `tf.data.Dataset` of `(image, label)` or `(clip, label)` pairs.
 
@@ -141,6 +149,7 @@ class LabelledStream:
             kind: "images" (None: elements `[H, W, C]`) or "clips" (elements
                 `[T, H, W, C]` of a static shape: sample fixed-length clips of
                 a fixed size, `gradmix_tf.data.clips`).
+            label_relation: see the class docstring.
 
         The labels are checked against `class_names` as the dataset is read.
         """
@@ -174,7 +183,8 @@ class LabelledStream:
         if size is not None and size <= 0:
             raise DataError(f"stream '{name}' is empty: it needs at least one {kind.unit}.")
         dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), y))
-        return cls(name, checked_labels(dataset, len(class_names), name), class_names, size)
+        dataset = checked_labels(dataset, len(class_names), name)
+        return cls(name, dataset, class_names, size, label_relation)
 
     @property
     def num_classes(self) -> int:

@@ -49,6 +49,8 @@ class StreamBatch:
             weights already sum to 1 over the global batch (example reweighting).
         stream_weight: a weight of the whole stream set by a rule's
             `prepare_streams`, or None.
+        adapter: the index of the stream's label adapter in
+            `GradMixModel.label_adapters` (it predicts through h_T), or None.
     """
 
     x: tf.Tensor
@@ -57,6 +59,7 @@ class StreamBatch:
     example_weights: tf.Tensor | None = None
     accepted: tf.Tensor | None = None
     stream_weight: tf.Tensor | None = None
+    adapter: int | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -19,7 +19,10 @@ real published target data:
 With `extra_sources`, sources that should not help come after these two
 (`gradmix_tf.tasks.harmful_sources`): "random_labels" (MNIST 5-9 with random
 labels) and/or "photo_patches" (an unrelated photo task), each with its own
-head: the development tasks with harm in them.
+head: the development tasks with harm in them. With `label_space_source`, the
+USPS test digits 0-9 named as the target's classes, under a label relation
+(`gradmix_tf.tasks.label_space_sources`: correct, half random, pair flips,
+reordered), come last: the development tasks of the label adapters.
 
 Every image is 32x32x3 float32 in [0, 1]. The manual files come from
 `manual_dir`, a folder holding `mnist_m/` and `usps/` (or the files of both
@@ -36,6 +39,7 @@ from gradmix_tf.data.streams import LabelledStream, MultiStreamData
 from gradmix_tf.datasets import loading
 from gradmix_tf.tasks import raw
 from gradmix_tf.tasks.harmful_sources import harmful_sources
+from gradmix_tf.tasks.label_space_sources import usps_label_space_source
 
 SOURCE_MNIST_STREAM = "mnist_0_4"
 SOURCE_USPS_STREAM = "usps_5_9"
@@ -66,6 +70,7 @@ def mnist_usps_to_mnistm(
     test_per_class: int = 45,
     verify_checksums: bool = True,
     extra_sources: Sequence[str] = (),
+    label_space_source: str = "",
 ) -> MultiStreamData:
     """MNIST 0-4 + USPS 5-9 -> MNIST-M 0-9 (see the module docstring).
 
@@ -82,6 +87,9 @@ def mnist_usps_to_mnistm(
             written from arrays by `manual_files`).
         extra_sources: names of `harmful_sources.HARMFUL_SOURCES` to add as
             third (fourth) sources.
+        label_space_source: "" (none), or a relation of
+            `label_space_sources.RELATIONS`: the USPS test digits 0-9 in the
+            target's label space under that relation, as the last source.
 
     Raises:
         DatasetNotReadyError: within seconds, naming the files to place and
@@ -112,4 +120,10 @@ def mnist_usps_to_mnistm(
         **common,
     )
     extras = harmful_sources(extra_sources, max_per_class)
+    if label_space_source:
+        extras.append(
+            usps_label_space_source(
+                label_space_source, IMAGE_SHAPE, max_per_class=max_per_class, **common
+            )
+        )
     return MultiStreamData([_mnist_source(max_per_class), usps, *extras], target)

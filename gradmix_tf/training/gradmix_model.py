@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
 from gradmix_tf import distribute
 from gradmix_tf.mixing import adaptive_lr, groups
+from gradmix_tf.networks.label_adapter import LabelAdapter, matched_classes
 from gradmix_tf.rules import StreamBatch, make_rule
 from gradmix_tf.training.learning_rate import with_adaptive_learning_rate
 from gradmix_tf.training.options import GradMixOptions
@@ -58,6 +59,9 @@ class GradMixModel(keras.Model):
         source_names: a name per source (for logs); default `source_<k>`.
         num_unlabelled: size of T_u; > 0 adds the pseudo-labelled stream P
             and the pseudo-label table (filled by `PseudoLabeler`).
+        source_label_relations: per source, None (classes matched to the
+            target's by name) or a mapping of its class names to target class
+            names, for `options.label_adapter`.
         options: a `GradMixOptions` (default: its defaults).
         **kwargs: fields of `GradMixOptions` (they replace those of
             `options`), and Keras `Model` arguments (`name`).
@@ -82,6 +86,7 @@ class GradMixModel(keras.Model):
         source_names: Sequence[str] | None = None,
         num_unlabelled: int = 0,
         options: GradMixOptions | None = None,
+        source_label_relations: Sequence[Mapping[str, str] | None] | None = None,
         **kwargs,
     ):
         fields = set(GradMixOptions.field_names())
@@ -99,6 +104,14 @@ class GradMixModel(keras.Model):
             raise ValueError(
                 f"{len(self.source_names)} source names for {len(self.source_class_names)} sources."
             )
+        relations = source_label_relations or [None] * len(self.source_class_names)
+        if len(relations) != len(self.source_class_names):
+            raise ValueError(
+                f"{len(relations)} label relations for {len(self.source_class_names)} sources."
+            )
+        self.source_label_relations = tuple(
+            None if r is None else {str(k): str(v) for k, v in dict(r).items()} for r in relations
+        )
         self.num_unlabelled = int(num_unlabelled)
         if self.num_unlabelled < 0:
             raise ValueError(f"num_unlabelled must be >= 0, got {self.num_unlabelled}.")
@@ -111,11 +124,26 @@ class GradMixModel(keras.Model):
         self.test_accuracy = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
 
     def _make_heads(self):
-        """One head per label space; index 0 is the target head h_T."""
+        """One head per label space; index 0 is the target head h_T. With
+        `options.label_adapter`, a label adapter for each source with classes of the
+        target's (`stream_adapters`); it keeps a head of its own only for the warm-up
+        of `adapter_start="estimate"`."""
         spaces = [self.target_class_names]
         self.stream_heads = []  # the head of each stream
-        for classes in self.source_class_names:
-            if classes == self.target_class_names and self.options.share_target_head:
+        self.stream_adapters = []  # the label adapter of each stream, or None
+        self.label_adapters = []
+        own_head_for_adapter = self.options.adapter_start == "estimate"
+        for k, classes in enumerate(self.source_class_names):
+            adapter = self._make_label_adapter(k)
+            self.stream_adapters.append(adapter)
+            if adapter is not None and not own_head_for_adapter:
+                self.stream_heads.append(0)
+                continue
+            if (
+                adapter is None
+                and classes == self.target_class_names
+                and self.options.share_target_head
+            ):
                 self.stream_heads.append(0)
                 continue
             if classes not in spaces[1:]:
@@ -130,6 +158,33 @@ class GradMixModel(keras.Model):
         )
         if self.num_unlabelled:
             self.stream_heads.append(0)  # P is labelled in the target's label space.
+            self.stream_adapters.append(None)
+
+    def _make_label_adapter(self, source: int) -> int | None:
+        """The index of source `source`'s new label adapter, or None (no adapters, or no
+        class of the target's)."""
+        if not self.options.label_adapter:
+            return None
+        matches = matched_classes(
+            self.target_class_names,
+            self.source_class_names[source],
+            self.source_label_relations[source],
+        )
+        if not (matches >= 0).any():
+            return None
+        options = self.options
+        self.label_adapters.append(
+            LabelAdapter(
+                matches,
+                len(self.target_class_names),
+                start=options.adapter_start,
+                strength=options.adapter_strength,
+                absent_rows=options.adapter_absent_rows,
+                trace_penalty=options.adapter_trace_penalty,
+                name=f"label_adapter_{self.source_names[source]}",
+            )
+        )
+        return len(self.label_adapters) - 1
 
     def _make_state(self):
         """GradMix state: non-trainable, saved in checkpoints."""
@@ -148,6 +203,12 @@ class GradMixModel(keras.Model):
         self.rho_steps = state("rho_steps")
         self.learning_rate_ratio = state("learning_rate_ratio", initializer="ones")
         self.nonfinite_skipped = state("nonfinite_skipped", dtype="int64")
+        if self.label_adapters:
+            # 1 once the adapters are in use (at once, or after the estimate's warm-up).
+            warmup = self.options.adapter_start == "estimate"
+            self.label_adapters_active = state(
+                "label_adapters_active", initializer="zeros" if warmup else "ones"
+            )
         if self.num_unlabelled:
             shape = (self.num_unlabelled,)
             self.pseudo_labels = state("pseudo_labels", shape, "int32")
@@ -163,6 +224,8 @@ class GradMixModel(keras.Model):
             features = self.trunk.compute_output_shape(input_shape)
         for head in self.heads:
             head.build(features)
+        for adapter in self.label_adapters:
+            adapter.build()
         # The target's path: trunk + h_T; one mixing layer (or group) per owning layer
         # (or block of layers, `options.layer_groups`).
         self.path_variables = list(self.trunk.trainable_variables) + list(
@@ -254,7 +317,10 @@ class GradMixModel(keras.Model):
     def _stream_batches(self, data):
         """The step's source (and pseudo-labelled) batches, and the labelled target's."""
         streams = [
-            StreamBatch(x, y, head) for (x, y), head in zip(data["sources"], self.stream_heads)
+            StreamBatch(x, y, head, adapter=adapter)
+            for (x, y), head, adapter in zip(
+                data["sources"], self.stream_heads, self.stream_adapters
+            )
         ]
         if self.num_unlabelled:
             streams.append(self._pseudo_labelled_batch(*data["unlabelled"]))
@@ -270,9 +336,27 @@ class GradMixModel(keras.Model):
         return StreamBatch(x, labels, 0, example_weights, accepted)
 
     def per_example_loss(self, batch: StreamBatch):
-        """[B] the cross-entropy of each example in its stream's head (training mode)."""
-        logits = self.heads[batch.head](self.trunk(batch.x, training=True), training=True)
-        return cross_entropy(batch.labels, logits)
+        """[B] the cross-entropy of each example in its stream's head (training mode); a
+        stream with a label adapter predicts through h_T and the adapter (while the adapters
+        are not active yet, through its own head)."""
+        features = self.trunk(batch.x, training=True)
+        if batch.adapter is None:
+            return cross_entropy(batch.labels, self.heads[batch.head](features, training=True))
+        target_logits = self.heads[0](features, training=True)
+        through_target = self.label_adapters[batch.adapter].loss(batch.labels, target_logits)
+        if not batch.head:
+            return through_target
+        own = cross_entropy(batch.labels, self.heads[batch.head](features, training=True))
+        active = self.label_adapters_active.value
+        return active * through_target + (1.0 - active) * own
+
+    def own_variables(self, batch: StreamBatch) -> list:
+        """The trainable variables only the stream's own loss trains: its head (unless
+        h_T) and its label adapter."""
+        own = list(self.heads[batch.head].trainable_variables) if batch.head else []
+        if batch.adapter is not None:
+            own += self.label_adapters[batch.adapter].trainable_variables
+        return own
 
     def layer_states(self, head: int):
         """(trunk, head) non-trainable values as they are now (batch-norm statistics, random
@@ -299,7 +383,7 @@ class GradMixModel(keras.Model):
         """
         if state is not None:
             self._restore_layer_states(batch.head, state)
-        own_variables = self.heads[batch.head].trainable_variables if batch.head else []
+        own_variables = self.own_variables(batch)
         with tf.GradientTape() as tape:
             loss = self._scaled_mean(self.per_example_loss(batch), batch)
             scaled_loss = self.guard.scale_loss(loss)
@@ -338,12 +422,17 @@ class GradMixModel(keras.Model):
         return tf.reduce_sum(batch.example_weights * per_example) / count
 
     def _with_source_heads(self, mixed, head_grads):
-        """Appends each source head's plain gradient (summed over its streams)."""
+        """Appends each source head's (and label adapter's) plain gradient, summed over the
+        streams that train it."""
         grads, variables = list(mixed), list(self.path_variables)
-        for head in sorted(set(self.stream_heads) - {0}):
-            own = [g for g, h in zip(head_grads, self.stream_heads) if h == head]
-            grads += [tf.add_n(list(parts)) for parts in zip(*own)]
-            variables += self.heads[head].trainable_variables
+        own = {}  # variable id -> (variable, [gradients]), in stream order
+        for stream_grads, head, adapter in zip(head_grads, self.stream_heads, self.stream_adapters):
+            batch = StreamBatch(None, None, head, adapter=adapter)
+            for variable, grad in zip(self.own_variables(batch), stream_grads):
+                own.setdefault(id(variable), (variable, []))[1].append(grad)
+        for variable, parts in own.values():
+            grads.append(tf.add_n(parts))
+            variables.append(variable)
         return grads, variables
 
     def _update(self, grads, variables, mixing_weights, rho, rule_state=()):
@@ -415,6 +504,7 @@ class GradMixModel(keras.Model):
             source_class_names=[list(c) for c in self.source_class_names],
             source_names=list(self.source_names),
             num_unlabelled=self.num_unlabelled,
+            source_label_relations=list(self.source_label_relations),
             **self.options.to_dict(),
         )
         return config

@@ -12,6 +12,7 @@ import dataclasses
 
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.mixing import groups, weights
+from gradmix_tf.networks.label_adapter import ABSENT_ROWS, STARTS
 from gradmix_tf.rules import RULES
 from gradmix_tf.training.step_guard import ON_NONFINITE
 from gradmix_tf.training.stream_passes import GRADIENT_MEMORY
@@ -49,7 +50,27 @@ class GradMixOptions:
         target_weight: lambda_T, the weight of the labelled target gradient
             in the mixed gradient.
         share_target_head: a source whose class names equal the target's
-            uses h_T (and so is mixed on it) instead of a head of its own.
+            uses h_T (and so is mixed on it) instead of a head of its own
+            (without `label_adapter`).
+        label_adapter: a source with classes of the target's (by name, or by
+            its declared relation) predicts through h_T and a learned label
+            relation M_s (`networks.label_adapter.LabelAdapter`) instead of a
+            head of its own or h_T as it is; sources with no class of the
+            target's keep their own heads.
+        adapter_start: how M_s starts: "name_match" (the class-name match,
+            logits `adapter_strength`), "uniform", or "estimate" (the source
+            trains on a head of its own for `adapter_warmup_epochs`, then M_s
+            is estimated from h_T's predictions on the source's examples:
+            `callbacks.label_relations`).
+        adapter_strength: the name match's logit (the identity's prior).
+        adapter_absent_rows: target classes that no source class names:
+            "uniform" rows of M_s, or "masked" out of h_T's prediction.
+        adapter_warmup_epochs: with adapter_start="estimate", the epochs
+            before the estimate (> 0).
+        adapter_refresh_every: estimate M_s again every this many epochs
+            after the first estimate (0: never).
+        adapter_trace_penalty: the weight of the trace of M_s in the source's
+            loss (Tanno et al. 2019; 0: none).
         lookahead_init: the mixing weights the look-ahead starts from.
         lookahead_step_size: alpha of the look-ahead; None uses the
             optimizer's current learning rate.
@@ -87,6 +108,13 @@ class GradMixOptions:
     weight_total: float | str = 1.0
     target_weight: float = 1.0
     share_target_head: bool = True
+    label_adapter: bool = False
+    adapter_start: str = "name_match"
+    adapter_strength: float = 4.0
+    adapter_absent_rows: str = "uniform"
+    adapter_warmup_epochs: int = 0
+    adapter_refresh_every: int = 0
+    adapter_trace_penalty: float = 0.0
     lookahead_init: float = 0.0
     lookahead_step_size: float | None = None
     adaptive_learning_rate: bool = True
@@ -116,6 +144,9 @@ class GradMixOptions:
         choice("normalization", weights.NORMALIZATIONS)
         choice("on_nonfinite", ON_NONFINITE)
         choice("gradient_memory", GRADIENT_MEMORY)
+        choice("adapter_start", STARTS)
+        choice("adapter_absent_rows", ABSENT_ROWS)
+        self._check_adapter()
         if self.gradient_memory == "recompute" and (
             self.mixing == "pcgrad" or self.weight_solver == "lookahead"
         ):
@@ -168,6 +199,20 @@ class GradMixOptions:
         if total != "num_streams":
             object.__setattr__(self, "weight_total", float(total))
         object.__setattr__(self, "pretrain_steps", int(self.pretrain_steps))
+
+    def _check_adapter(self):
+        if self.adapter_start == "estimate" and not int(self.adapter_warmup_epochs) > 0:
+            raise ConfigError(
+                "adapter_start='estimate' needs adapter_warmup_epochs > 0 (the epochs before "
+                f"the label relation is estimated), got {self.adapter_warmup_epochs}."
+            )
+        for field in ("adapter_warmup_epochs", "adapter_refresh_every", "adapter_trace_penalty"):
+            if not getattr(self, field) >= 0:
+                raise ConfigError(f"{field} must be >= 0, got {getattr(self, field)}.")
+        object.__setattr__(self, "adapter_warmup_epochs", int(self.adapter_warmup_epochs))
+        object.__setattr__(self, "adapter_refresh_every", int(self.adapter_refresh_every))
+        object.__setattr__(self, "adapter_strength", float(self.adapter_strength))
+        object.__setattr__(self, "adapter_trace_penalty", float(self.adapter_trace_penalty))
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
