@@ -48,6 +48,8 @@ def fit_under(strategy, mixing: str) -> dict:
     options = {"mixing": mixing, "adaptive_learning_rate": mixing == "gradmix"}
     if mixing == "persistent_recompute":  # each stream's gradient taken twice
         options.update(mixing="persistent", gradient_memory="recompute")
+    if mixing == "persistent_adapter":  # the source on h_T through a label adapter
+        options.update(mixing="persistent", label_adapter=True)
     if options["mixing"] == "persistent":  # its step size is for cosines
         options["alignment"] = "cosine"
     with strategy.scope():
@@ -84,7 +86,8 @@ def initial_variables() -> dict:
 
 
 @pytest.mark.parametrize(
-    "mixing", ["gradmix", "uniform", "pcgrad", "persistent", "persistent_recompute"]
+    "mixing",
+    ["gradmix", "uniform", "pcgrad", "persistent", "persistent_recompute", "persistent_adapter"],
 )
 def test_one_and_two_replicas_train_the_same_model(two_replicas, mixing):
     """Same global batch and seed: the same mixing weights at every step and the same
