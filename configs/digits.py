@@ -72,6 +72,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.gradmix.label_adapter = False
     config.gradmix.adapter_start = "name_match"
     config.gradmix.adapter_strength = 4.0
+    # "estimate" from h_T on the source's examples ("target_head") or from the source's own
+    # head on the labelled target ("source_head", GLC).
+    config.gradmix.adapter_estimate = "target_head"
+    # A_s moves this many times faster than the other weights (under Adam).
+    config.gradmix.adapter_learning_rate_scale = 1.0
     config.gradmix.adapter_absent_rows = "uniform"
     config.gradmix.adapter_warmup_epochs = 0
     config.gradmix.adapter_refresh_every = 0  # epochs; 0: estimated once

@@ -282,6 +282,8 @@ def _callbacks(config, workdir, data, model, start_step=0):
             LabelRelationEstimator(
                 data.sources,
                 warmup_epochs=options.adapter_warmup_epochs,
+                trusted=data.target.labelled,
+                estimate=options.adapter_estimate,
                 refresh_every=options.adapter_refresh_every,
                 batch_size=config.train.eval_batch_size,
                 log_dir=os.path.join(workdir, "tensorboard", "label_relations"),

@@ -72,6 +72,8 @@ ADDED_FIELDS = {
     "gradmix.label_adapter": False,
     "gradmix.adapter_start": "name_match",
     "gradmix.adapter_strength": 4.0,
+    "gradmix.adapter_estimate": "target_head",
+    "gradmix.adapter_learning_rate_scale": 1.0,
     "gradmix.adapter_absent_rows": "uniform",
     "gradmix.adapter_warmup_epochs": 0,
     "gradmix.adapter_refresh_every": 0,

@@ -215,10 +215,10 @@ def test_options_check_the_adapter_fields():
 def test_estimate_counts_what_h_T_predicts_against_the_source_labels():
     probabilities = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
     labels = np.array([1, 1, 0, 0])
-    relation = estimate_label_relation(probabilities, labels, 2, smoothing=0.0)
+    relation = estimate_label_relation(probabilities, np.eye(2)[labels], smoothing=0.0)
     # Class 0: 2.5 examples, 2 labelled 1; class 1: 1.5 examples, all labelled 0.
     np.testing.assert_allclose(relation, [[0.5 / 2.5, 2 / 2.5], [1.0, 0.0]])
-    smoothed = estimate_label_relation(np.zeros([2, 3]), [0, 1], 2)  # h_T predicts no class
+    smoothed = estimate_label_relation(np.zeros([2, 3]), np.eye(2))  # h_T predicts no class
     np.testing.assert_allclose(smoothed, 0.5)
 
 
@@ -251,6 +251,47 @@ def test_the_estimator_recovers_a_reordering_after_the_warm_up():
     assert float(model.label_adapters_active) == 1.0
 
 
+def test_the_source_head_estimate_reads_the_trusted_target():
+    """GLC: the source's own head's mean prediction on the labelled target of each class."""
+    reordering = np.array([2, 0, 1])
+    model = identity_model([TARGET_CLASSES])
+    model.heads[1].kernel.assign(20.0 * np.eye(3)[reordering])  # predicts reordering[c]
+    model.heads[1].bias.assign(np.zeros(3))
+    true_class = np.tile(np.arange(3), 5)
+    trusted = LabelledStream.from_arrays(
+        "target", np.eye(3, dtype=np.float32)[true_class][:, :, None, None], true_class,
+        TARGET_CLASSES,
+    )  # fmt: skip
+    estimator = LabelRelationEstimator(
+        [trusted], warmup_epochs=2, trusted=trusted, estimate="source_head"
+    )
+    estimator.estimate(model)
+    relation = model.label_adapters[0].relation()
+    np.testing.assert_array_equal(relation.argmax(axis=1), reordering)
+    assert relation.max(axis=1).min() > 0.8
+    with pytest.raises(ValueError, match="estimate must be one of"):
+        LabelRelationEstimator([trusted], 2, estimate="source_head")
+
+
+def test_the_learning_rate_scale_moves_the_relation_faster():
+    """Under Adam a step moves A_s by about scale x the learning rate; the relation it
+    starts from and a relation assigned to it are the same at any scale."""
+    logits, labels = logits_and_labels()
+    moves = []
+    for scale in (1.0, 10.0):
+        layer = adapter(learning_rate_scale=scale)
+        np.testing.assert_allclose(layer.relation(), adapter().relation(), rtol=1e-6)
+        before = layer.log_relation().numpy()
+        optimizer = keras.optimizers.Adam(1e-3)
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(layer.loss(labels, logits))
+        optimizer.apply(tape.gradient(loss, layer.trainable_variables), layer.trainable_variables)
+        moves.append(np.abs(layer.log_relation().numpy() - before).max())
+        layer.assign_relation(np.eye(3) * 0.7 + 0.1)
+        np.testing.assert_allclose(layer.relation(), np.eye(3) * 0.7 + 0.1, rtol=1e-5)
+    np.testing.assert_allclose(moves[1] / moves[0], 10.0, rtol=0.05)
+
+
 # ---------------------------------------------------------------------- the dev sources
 def test_label_relations_of_the_development_sources():
     labels = np.repeat(np.arange(10), 100)
@@ -268,9 +309,8 @@ def test_label_relations_of_the_development_sources():
     for relation in label_space_sources.RELATIONS:
         expected = label_space_sources.true_relation(relation)
         np.testing.assert_allclose(expected.sum(axis=1), 1.0)
-        observed = estimate_label_relation(
-            np.eye(10)[labels], label_space_sources.relabel(labels, relation), 10, 0.0
-        )
+        noisy_labels = label_space_sources.relabel(labels, relation)
+        observed = estimate_label_relation(np.eye(10)[labels], np.eye(10)[noisy_labels], 0.0)
         np.testing.assert_allclose(observed, expected, atol=0.08, err_msg=relation)
     with pytest.raises(DataError, match="unknown label relation"):
         label_space_sources.relabel(labels, "shuffled")

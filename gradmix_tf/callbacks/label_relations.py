@@ -1,16 +1,24 @@
 """Estimating each source's label relation M_s (docs/algorithm.md, "Label adapters").
 
-`estimate_label_relation` is the estimate, pure numpy: with h_T's class
-probabilities q(i | x) on a source's examples and their source labels y,
+`estimate_label_relation` is the estimate, pure numpy, from examples x that
+carry a target class distribution w(i | x) and a source label distribution
+p(j | x):
 
-    M_s[i, j] = (sum_x q(i | x) [y_x = j] + a / C_s) / (sum_x q(i | x) + a)
+    M_s[i, j] = (sum_x w(i | x) p(j | x) + a / C_s) / (sum_x w(i | x) + a)
 
-the share of the examples h_T takes for target class i that the source labels
-j (soft counts, `a` pseudo-examples spread uniformly over a row, so that a
-class h_T never predicts gets a uniform row). With h_T trained without the
-source's labels (a head of its own for the source during the warm-up), the
-argmax of each row recovers a relabelling, and the row's mass on it the
-source's noise level, blurred by h_T's own errors (docs/RESULTS.md).
+(soft counts, `a` pseudo-examples spread uniformly over a row, so that a class
+no example has gets a uniform row). Two ways to get them, after a warm-up in
+which each such source trains a head of its own (so h_T learns without its
+labels), `adapter_estimate`:
+
+- "target_head": the source's examples, w = h_T's class probabilities, p = their
+  source labels (one-hot): the share of the examples h_T takes for class i that
+  the source labels j. The argmax of a row recovers a relabelling, its mass
+  the noise level blurred by h_T's errors on the source's domain.
+- "source_head": the labelled target examples (the trusted set), w = their
+  target labels (one-hot), p = the source's own head's probabilities: the mean
+  prediction of the source's head on the target images of class i (Hendrycks et
+  al., NeurIPS 2018, "GLC"), blurred by that head's errors on the target domain.
 
 `LabelRelationEstimator` is the Keras callback: at the end of the warm-up
 (`adapter_warmup_epochs`) it estimates every label adapter's relation, sets
@@ -30,23 +38,20 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gradmix_tf.data.streams import LabelledStream
+from gradmix_tf.networks.label_adapter import ESTIMATES
 
 
-def estimate_label_relation(
-    target_probabilities, labels, num_source_classes: int, smoothing: float = 1.0
-) -> np.ndarray:
+def estimate_label_relation(target_classes, source_labels, smoothing: float = 1.0) -> np.ndarray:
     """[C_T, C_s] the relation estimate of the module docstring.
 
     Args:
-        target_probabilities: [N, C_T] h_T's class probabilities on the source's examples.
-        labels: [N] their source labels, in [0, num_source_classes).
+        target_classes: [N, C_T] w(i | x), each example's target class distribution.
+        source_labels: [N, C_s] p(j | x), its source label distribution.
         smoothing: `a`, the pseudo-examples of a uniform row.
     """
-    probabilities = np.asarray(target_probabilities, np.float64)
-    labels = np.asarray(labels, np.int64)
-    one_hot = np.eye(num_source_classes)[labels]  # [N, C_s]
-    counts = probabilities.T @ one_hot  # [C_T, C_s]
-    counts += smoothing / num_source_classes
+    weights = np.asarray(target_classes, np.float64)
+    labels = np.asarray(source_labels, np.float64)
+    counts = weights.T @ labels + smoothing / labels.shape[1]  # [C_T, C_s]
     return counts / counts.sum(axis=1, keepdims=True)
 
 
@@ -85,6 +90,8 @@ class LabelRelationEstimator(keras.callbacks.Callback):
     Args:
         sources: the model's source streams (in stream order); those with a label
             adapter are read.
+        trusted: the labelled target stream (for `estimate="source_head"`).
+        estimate: "target_head" or "source_head" (module docstring).
         warmup_epochs: the epochs before the first estimate (0: never estimate).
         refresh_every: estimate again every this many epochs after it (0: never).
         batch_size: inference batch size.
@@ -96,6 +103,8 @@ class LabelRelationEstimator(keras.callbacks.Callback):
         self,
         sources: list[LabelledStream],
         warmup_epochs: int,
+        trusted: LabelledStream | None = None,
+        estimate: str = "target_head",
         refresh_every: int = 0,
         batch_size: int = 256,
         max_examples: int = 5000,
@@ -103,13 +112,20 @@ class LabelRelationEstimator(keras.callbacks.Callback):
     ):
         super().__init__()
         self.sources = list(sources)
+        self.trusted = trusted
+        if estimate not in ESTIMATES or (estimate == "source_head" and trusted is None):
+            raise ValueError(
+                f"estimate must be one of {ESTIMATES} (source_head with the trusted "
+                f"labelled target stream), got {estimate!r}."
+            )
+        self.estimate_from = estimate
         self.warmup_epochs = int(warmup_epochs)
         self.refresh_every = int(refresh_every)
         self.batch_size = int(batch_size)
         self.max_examples = int(max_examples)
         self.log_dir = log_dir
         self._writer = None
-        self._predict_fn = None
+        self._predict_fns = {}
 
     def estimates_after(self, epoch: int) -> bool:
         """Whether the end of (0-based) `epoch` estimates the relations."""
@@ -128,32 +144,42 @@ class LabelRelationEstimator(keras.callbacks.Callback):
 
     def estimate(self, model):
         """Sets every adapter's relation from h_T's predictions, and switches them on."""
-        for stream, adapter_index in zip(self.sources, model.stream_adapters):
+        for k, (stream, adapter_index) in enumerate(zip(self.sources, model.stream_adapters)):
             if adapter_index is None:
                 continue
             adapter = model.label_adapters[adapter_index]
-            probabilities, labels = self._predict(model, stream)
-            relation = estimate_label_relation(probabilities, labels, adapter.num_source_classes)
+            if self.estimate_from == "target_head":  # h_T on the source's examples
+                target_classes, labels = self._predict(model, 0, stream)
+                source_labels = np.eye(adapter.num_source_classes)[labels]
+            else:  # the source's own head on the labelled target examples
+                source_labels, labels = self._predict(model, model.stream_heads[k], self.trusted)
+                target_classes = np.eye(len(model.target_class_names))[labels]
+            relation = estimate_label_relation(target_classes, source_labels)
             adapter.assign_relation(relation)
             logging.info(
-                "Label relation of '%s' estimated from %d examples: %d of %d matched rows "
-                "off the class-name match.",
+                "Label relation of '%s' estimated from %d examples (%s): %d of %d matched "
+                "rows off the class-name match.",
                 stream.name,
                 len(labels),
+                self.estimate_from,
                 argmax_mismatches(relation, adapter.matches),
                 sum(i >= 0 for i in adapter.matches),
             )
         model.label_adapters_active.assign(1.0)
 
-    def _predict(self, model, stream: LabelledStream):
-        if self._predict_fn is None:
-            self._predict_fn = tf.function(
-                lambda x: model(x, training=False), reduce_retracing=True
+    def _predict(self, model, head: int, stream: LabelledStream):
+        """The probabilities of head `head` on `stream`'s examples [N, C], and their labels."""
+        if head not in self._predict_fns:
+            self._predict_fns[head] = tf.function(
+                lambda x: tf.nn.softmax(
+                    tf.cast(model.heads[head](model.trunk(x, training=False)), tf.float32)
+                ),
+                reduce_retracing=True,
             )
         probabilities, labels = [], []
         dataset = stream.dataset.take(self.max_examples).batch(self.batch_size)
         for x, y in dataset.prefetch(tf.data.AUTOTUNE):
-            probabilities.append(np.asarray(self._predict_fn(x), np.float32))
+            probabilities.append(np.asarray(self._predict_fns[head](x), np.float32))
             labels.append(y.numpy())
         return np.concatenate(probabilities), np.concatenate(labels)
 

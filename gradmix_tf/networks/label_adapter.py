@@ -30,6 +30,7 @@ import numpy as np
 import tensorflow as tf
 
 STARTS = ("name_match", "uniform", "estimate")
+ESTIMATES = ("target_head", "source_head")  # `callbacks.label_relations`
 ABSENT_ROWS = ("uniform", "masked")
 _MASKED = -1e9  # log q of a masked class: exp() is exactly 0 in float32
 
@@ -94,6 +95,9 @@ class LabelAdapter(keras.Layer):
         strength: the name match's logit (`start="name_match"`).
         absent_rows: "uniform" or "masked", for target classes no source class names.
         trace_penalty: the weight of the trace penalty (0: none).
+        learning_rate_scale: A_s is stored divided by this, so that an optimizer
+            whose steps do not depend on the gradient's scale (Adam) moves it this
+            many times faster than the other weights.
     """
 
     def __init__(
@@ -104,6 +108,7 @@ class LabelAdapter(keras.Layer):
         strength: float = 4.0,
         absent_rows: str = "uniform",
         trace_penalty: float = 0.0,
+        learning_rate_scale: float = 1.0,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -119,6 +124,9 @@ class LabelAdapter(keras.Layer):
         self.strength = float(strength)
         self.absent_rows = absent_rows
         self.trace_penalty = float(trace_penalty)
+        self.learning_rate_scale = float(learning_rate_scale)
+        if not self.learning_rate_scale > 0:
+            raise ValueError(f"learning_rate_scale must be > 0, got {learning_rate_scale}.")
         present = np.zeros([self.num_target_classes], np.float32)
         present[[i for i in self.matches if i >= 0]] = 1.0
         self._present = present
@@ -132,14 +140,15 @@ class LabelAdapter(keras.Layer):
         initial = name_match_relation(np.asarray(self.matches), self.num_target_classes, strength)
         self.relation_logits = self.add_weight(
             shape=initial.shape,
-            initializer=keras.initializers.Constant(initial),
+            initializer=keras.initializers.Constant(initial / self.learning_rate_scale),
             name="relation_logits",
         )
         self.built = True
 
     def log_relation(self):
         """[C_T, C_s] log M_s (float32)."""
-        return tf.nn.log_softmax(tf.cast(self.relation_logits, tf.float32), axis=1)
+        logits = tf.cast(self.relation_logits, tf.float32) * self.learning_rate_scale
+        return tf.nn.log_softmax(logits, axis=1)
 
     def relation(self) -> np.ndarray:
         """M_s as a numpy array [C_T, C_s]."""
@@ -151,7 +160,8 @@ class LabelAdapter(keras.Layer):
         relation = relation / np.maximum(relation.sum(axis=1, keepdims=True), 1e-12)
         relation = np.where(relation.sum(axis=1, keepdims=True) > 0, relation, 1.0)
         logits = np.log(np.maximum(relation, 1e-6))
-        self.relation_logits.assign(logits - logits.max(axis=1, keepdims=True))
+        logits -= logits.max(axis=1, keepdims=True)
+        self.relation_logits.assign(logits / self.learning_rate_scale)
 
     def call(self, target_logits):
         log_q = tf.cast(target_logits, tf.float32)
@@ -184,5 +194,6 @@ class LabelAdapter(keras.Layer):
             strength=self.strength,
             absent_rows=self.absent_rows,
             trace_penalty=self.trace_penalty,
+            learning_rate_scale=self.learning_rate_scale,
         )
         return config

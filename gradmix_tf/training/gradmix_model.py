@@ -181,6 +181,7 @@ class GradMixModel(keras.Model):
                 strength=options.adapter_strength,
                 absent_rows=options.adapter_absent_rows,
                 trace_penalty=options.adapter_trace_penalty,
+                learning_rate_scale=options.adapter_learning_rate_scale,
                 name=f"label_adapter_{self.source_names[source]}",
             )
         )

@@ -12,7 +12,7 @@ import dataclasses
 
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.mixing import groups, weights
-from gradmix_tf.networks.label_adapter import ABSENT_ROWS, STARTS
+from gradmix_tf.networks.label_adapter import ABSENT_ROWS, ESTIMATES, STARTS
 from gradmix_tf.rules import RULES
 from gradmix_tf.training.step_guard import ON_NONFINITE
 from gradmix_tf.training.stream_passes import GRADIENT_MEMORY
@@ -63,6 +63,11 @@ class GradMixOptions:
             is estimated from h_T's predictions on the source's examples:
             `callbacks.label_relations`).
         adapter_strength: the name match's logit (the identity's prior).
+        adapter_estimate: with adapter_start="estimate", what M_s is estimated
+            from: "target_head" (h_T's predictions on the source's examples) or
+            "source_head" (the source's own head on the labelled target, GLC).
+        adapter_learning_rate_scale: A_s moves this many times faster than the
+            other weights under Adam (`LabelAdapter.learning_rate_scale`).
         adapter_absent_rows: target classes that no source class names:
             "uniform" rows of M_s, or "masked" out of h_T's prediction.
         adapter_warmup_epochs: with adapter_start="estimate", the epochs
@@ -111,6 +116,8 @@ class GradMixOptions:
     label_adapter: bool = False
     adapter_start: str = "name_match"
     adapter_strength: float = 4.0
+    adapter_estimate: str = "target_head"
+    adapter_learning_rate_scale: float = 1.0
     adapter_absent_rows: str = "uniform"
     adapter_warmup_epochs: int = 0
     adapter_refresh_every: int = 0
@@ -146,6 +153,7 @@ class GradMixOptions:
         choice("gradient_memory", GRADIENT_MEMORY)
         choice("adapter_start", STARTS)
         choice("adapter_absent_rows", ABSENT_ROWS)
+        choice("adapter_estimate", ESTIMATES)
         self._check_adapter()
         if self.gradient_memory == "recompute" and (
             self.mixing == "pcgrad" or self.weight_solver == "lookahead"
@@ -213,6 +221,12 @@ class GradMixOptions:
         object.__setattr__(self, "adapter_refresh_every", int(self.adapter_refresh_every))
         object.__setattr__(self, "adapter_strength", float(self.adapter_strength))
         object.__setattr__(self, "adapter_trace_penalty", float(self.adapter_trace_penalty))
+        if not self.adapter_learning_rate_scale > 0:
+            raise ConfigError(
+                f"adapter_learning_rate_scale must be > 0, got {self.adapter_learning_rate_scale}."
+            )
+        scale = float(self.adapter_learning_rate_scale)
+        object.__setattr__(self, "adapter_learning_rate_scale", scale)
 
     @classmethod
     def field_names(cls) -> tuple[str, ...]:
