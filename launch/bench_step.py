@@ -115,6 +115,7 @@ def joint_step_function(model: GradMixModel):
     optimizer = model.optimizer
     variables = model.trainable_variables
     heads = list(model.stream_heads) + [0]  # the K sources, then the target
+    adapters = list(model.stream_adapters) + [None]  # a label adapter predicts through h_T
 
     def step(data):
         pairs = list(data["sources"]) + [data["target"]]
@@ -122,9 +123,13 @@ def joint_step_function(model: GradMixModel):
         with tf.GradientTape() as tape:
             features = model.trunk(tf.concat([x for x, _ in pairs], axis=0), training=True)
             loss = 0.0
-            for part, (_, y), head in zip(tf.split(features, sizes), pairs, heads):
-                logits = model.heads[head](part, training=True)
-                loss += tf.reduce_mean(cross_entropy(y, logits))
+            parts = zip(tf.split(features, sizes), pairs, heads, adapters)
+            for part, (_, y), head, adapter in parts:
+                if adapter is None:
+                    loss += tf.reduce_mean(cross_entropy(y, model.heads[head](part, training=True)))
+                    continue
+                logits = model.heads[0](part, training=True)
+                loss += tf.reduce_mean(model.label_adapters[adapter].loss(y, logits))
         grads = tape.gradient(loss, variables)
         optimizer.apply([tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)])
         return {"loss": loss}

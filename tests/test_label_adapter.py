@@ -161,6 +161,23 @@ def test_an_adapter_stream_trains_h_T_and_its_relation():
     assert np.isfinite(logs["loss/source_1"])
 
 
+@pytest.mark.parametrize(
+    "mixing", ["gradmix", "uniform", "persistent", "pcgrad", "example_reweighting",
+               "pretrain_finetune"],
+)  # fmt: skip
+def test_every_mixing_rule_trains_through_the_adapters(mixing):
+    """Joint training, PCGrad, pre-training then fine-tuning and example reweighting take the
+    same adapters as GradMix, so that comparisons stay fair."""
+    sources = (SUBSET, TARGET_CLASSES, OTHER_CLASSES)
+    options = {"pretrain_steps": 5} if mixing == "pretrain_finetune" else {}
+    model = make_model(sources, label_adapter=True, mixing=mixing, **options)
+    before = [a.relation_logits.numpy().copy() for a in model.label_adapters]
+    logs = train_step(model, random_batch(sources))
+    assert all(np.isfinite(v) for v in logs.values()), logs
+    for adapter, start in zip(model.label_adapters, before):
+        assert np.abs(adapter.relation_logits.numpy() - start).max() > 0, mixing
+
+
 def test_during_the_warm_up_the_source_trains_only_its_own_head():
     sources = (TARGET_CLASSES,)
     model = make_model(
