@@ -351,12 +351,12 @@ class GradMixModel(keras.Model):
         active = self.label_adapters_active.value
         return active * through_target + (1.0 - active) * own
 
-    def own_variables(self, batch: StreamBatch) -> list:
-        """The trainable variables only the stream's own loss trains: its head (unless
-        h_T) and its label adapter."""
-        own = list(self.heads[batch.head].trainable_variables) if batch.head else []
-        if batch.adapter is not None:
-            own += self.label_adapters[batch.adapter].trainable_variables
+    def _own_variables(self, head: int, adapter: int | None) -> list:
+        """The trainable variables only a stream's own loss trains: its head `head` (unless
+        h_T) and its label adapter `adapter`."""
+        own = list(self.heads[head].trainable_variables) if head else []
+        if adapter is not None:
+            own += self.label_adapters[adapter].trainable_variables
         return own
 
     def layer_states(self, head: int):
@@ -384,7 +384,7 @@ class GradMixModel(keras.Model):
         """
         if state is not None:
             self._restore_layer_states(batch.head, state)
-        own_variables = self.own_variables(batch)
+        own_variables = self._own_variables(batch.head, batch.adapter)
         with tf.GradientTape() as tape:
             loss = self._scaled_mean(self.per_example_loss(batch), batch)
             scaled_loss = self.guard.scale_loss(loss)
@@ -428,8 +428,7 @@ class GradMixModel(keras.Model):
         grads, variables = list(mixed), list(self.path_variables)
         own = {}  # variable id -> (variable, [gradients]), in stream order
         for stream_grads, head, adapter in zip(head_grads, self.stream_heads, self.stream_adapters):
-            batch = StreamBatch(None, None, head, adapter=adapter)
-            for variable, grad in zip(self.own_variables(batch), stream_grads):
+            for variable, grad in zip(self._own_variables(head, adapter), stream_grads):
                 own.setdefault(id(variable), (variable, []))[1].append(grad)
         for variable, parts in own.values():
             grads.append(tf.add_n(parts))
