@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import keras
 import numpy as np
@@ -370,3 +371,25 @@ def test_a_work_directory_from_before_the_adapters_resumes():
     config.gradmix.label_adapter = True
     differences = workdirs.config_differences(stored, workdirs.config_as_dict(config))
     assert [d[0] for d in differences] == ["gradmix.label_adapter"]
+
+
+def test_an_old_work_directory_is_reported_and_evaluated(smoke_workdir, tmp_path):
+    """A finished run whose config.json predates the adapter fields: the same config with
+    them off finds it finished, and it is evaluated again from its stored config."""
+    old = str(tmp_path / "old")
+    shutil.copytree(smoke_workdir, old)
+    path = os.path.join(old, "config.json")
+    with open(path) as f:
+        stored = json.load(f)
+    stored["gradmix"] = {
+        k: v for k, v in stored["gradmix"].items() if not k.startswith(("label_", "adapter_"))
+    }
+    with open(path, "w") as f:
+        json.dump(stored, f)
+    with open(os.path.join(old, "results.json")) as f:
+        accuracy = json.load(f)["target_test_accuracy"]
+    config = digits_config.get_config("smoke")
+    config.gradmix.label_adapter = False
+    assert experiment.train_and_evaluate(config, old)["target_test_accuracy"] == accuracy
+    evaluation = experiment.evaluate_workdir(old)
+    np.testing.assert_allclose(evaluation["target_test_accuracy"], accuracy, atol=1e-6)
