@@ -18,11 +18,13 @@ exports it again). A user's mistake is one line `error: ...` and exit code 2 (la
 """
 
 import json
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from gradmix_tf import distribute, experiment
+from gradmix_tf import workdir as workdirs
 from launch import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
@@ -54,9 +56,12 @@ def main(argv):
     if _DISTRIBUTE.value is not None:
         config.train.distribute = _DISTRIBUTE.value
     results = experiment.train_and_evaluate(
-        config, _WORKDIR.value, overwrite=_OVERWRITE.value, force_eval=_FORCE_EVAL.value
+        config,
+        os.path.expanduser(_WORKDIR.value),
+        overwrite=_OVERWRITE.value,
+        force_eval=_FORCE_EVAL.value,
     )
-    print(json.dumps(results, indent=2))
+    print(json.dumps(workdirs.json_safe(results), indent=2))
 
 
 if __name__ == "__main__":
