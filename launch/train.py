@@ -14,7 +14,9 @@ epoch ends, so `train.steps` and `train.checkpoint_every_steps` are whole epochs
 directory records one experiment: another config (`--config.seed=3`, ...) is refused before
 anything is written, naming the fields that differ (`--overwrite` deletes the run and trains
 afresh), and a finished run is reported, not trained again (`--force_eval` evaluates and
-exports it again). A user's mistake is one line `error: ...` and exit code 2 (launch/errors.py).
+exports it again). One run at a time writes a work directory (WORKDIR/run.lock), and a
+directory with files but no config.json is not trained in (gradmix_tf/workdir.py). A user's
+mistake is one line `error: ...` and exit code 2 (launch/errors.py).
 """
 
 import json
