@@ -29,20 +29,10 @@ from configs import digits as digits_config
 from gradmix_tf import experiment, workdir
 from gradmix_tf.export.saved_model import load_exported
 from tests.fault_points import POINTS
-from tests.workdir_testing import REPO_ROOT
+from tests.workdir_testing import FINISHED_RUN_FILES, REPO_ROOT
 
 SMOKE = "--config=configs/digits.py:smoke"
 RANDOM_KILLS = 2  # kills at random times, besides the named points
-FILES = {
-    "checkpoints",
-    "config.json",
-    "export",
-    "mixing_weights.npz",
-    "results.json",
-    "tensorboard",
-    "train_log.csv",
-}
-"""What a finished run's work directory holds, and nothing else."""
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +82,9 @@ def assert_finished_as_uninterrupted(run: str, reference: dict):
     with open(os.path.join(run, "results.json")) as f:
         stored = json.load(f)
     assert stored["target_test_accuracy"] == reference["target_test_accuracy"]
-    assert set(os.listdir(run)) == FILES  # no lock, no partial file, nothing moved aside
+    assert (
+        set(os.listdir(run)) == FINISHED_RUN_FILES
+    )  # no lock, no partial file, nothing moved aside
     assert workdir.export_is_complete(os.path.join(run, "export"))
     serve, metadata = load_exported(os.path.join(run, "export"))
     probabilities = np.asarray(serve(np.full([2, *metadata["input_shape"]], 0.5, np.float32)))
