@@ -256,10 +256,14 @@ def _process_runs(pid: str) -> bool:
     return True
 
 
-def acquire_lock(workdir: str) -> int | None:
-    """Locks `workdir` for this process (module docstring); returns the lock's file
-    descriptor for `release_lock`, or None when no lock can be written there (a
-    directory that cannot be written: `check_writable` says so when a write is needed).
+def acquire_lock(workdir: str) -> tuple[int | None, str | None]:
+    """Locks `workdir` for this process (module docstring).
+
+    Returns:
+        the lock's file descriptor for `release_lock` (None when no lock can be written
+        there: a directory that cannot be written, which `check_writable` reports when a
+        write is needed), and the process id a `run.lock` left over names (None: there was
+        none), for `log_taken_over`.
 
     Raises:
         WorkdirError: another process holds the lock.
@@ -270,7 +274,7 @@ def acquire_lock(workdir: str) -> int | None:
             os.makedirs(workdir, exist_ok=True)
             descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError:
-            return None
+            return None, None
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -282,7 +286,7 @@ def acquire_lock(workdir: str) -> int | None:
         except OSError:  # a file system without locks
             os.close(descriptor)
             logging.warning("Cannot lock %s: nothing stops two runs writing it at once.", path)
-            return None
+            return None, None
         try:
             same_file = os.fstat(descriptor).st_ino == os.stat(path).st_ino
         except FileNotFoundError:  # released and removed by its holder meanwhile
@@ -290,17 +294,21 @@ def acquire_lock(workdir: str) -> int | None:
         if same_file:
             break
         os.close(descriptor)
-    stale = _holder(path)
-    if stale != "?" and stale != str(os.getpid()):
-        logging.warning(
-            "%s was left by process %s, which %s: taken over.",
-            path,
-            stale,
-            "no longer runs" if not _process_runs(stale) else "holds no lock on it",
-        )
+    left_by = _holder(path)
     os.ftruncate(descriptor, 0)
     os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
-    return descriptor
+    return descriptor, (None if left_by in ("?", str(os.getpid())) else left_by)
+
+
+def log_taken_over(workdir: str, left_by: str | None):
+    """Warns that the `run.lock` of process `left_by` (a killed run's) was taken over."""
+    if left_by is not None:
+        logging.warning(
+            "%s was left by process %s, which %s: taken over.",
+            os.path.join(workdir, LOCK_FILE),
+            left_by,
+            "no longer runs" if not _process_runs(left_by) else "holds no lock on it",
+        )
 
 
 def release_lock(workdir: str, descriptor: int):
@@ -324,10 +332,12 @@ def opened(
     """
     check_is_directory(workdir)
     created = not os.path.exists(workdir)
-    descriptor = acquire_lock(workdir) if lock else None
+    descriptor, left_by = acquire_lock(workdir) if lock else (None, None)
     try:
         check_is_ours(workdir)
-        yield not overwrite and check_same_config(workdir, config)
+        stored = not overwrite and check_same_config(workdir, config)
+        log_taken_over(workdir, left_by)  # after the checks: a refusal is one line
+        yield stored
     finally:
         if descriptor is not None:
             release_lock(workdir, descriptor)

@@ -113,9 +113,9 @@ def test_a_run_killed_at_any_point_ends_as_if_never_killed(reference, tmp_path):
     assert reached["config:before"] == ["config.json.partial", "run.lock"]
     assert "tensorboard" in reached["train:3"] and "checkpoints" not in reached["train:3"]
     assert "results.json" not in reached["evaluate:after"]
-    assert (
-        "export.partial" in reached["export:rename"] and "export" not in reached["results:before"]
-    )
+    assert "export.partial" in reached["export:rename"] and "export" not in reached["export:rename"]
+    assert "results.json.partial" in reached["results:before"]
+    assert "export" in reached["results:before"] and "results.json" not in reached["results:before"]
     assert "results.json" in reached["results:after"]
 
 

@@ -8,6 +8,7 @@ the launcher and is slow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -64,6 +65,10 @@ def finished_copy(smoke_workdir, tmp_path) -> str:
     copy = str(tmp_path / "run")
     shutil.copytree(smoke_workdir, copy)
     return copy
+
+
+def sha256_of_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def read_json(path: str) -> dict:
@@ -283,7 +288,7 @@ def test_overwrite_keeps_config_json_until_the_new_one_is_written(finished_copy)
 
 # ---------------------------------------------------------------------- lock
 def test_a_directory_in_use_is_refused_and_kept(finished_copy):
-    held = workdir.acquire_lock(finished_copy)  # as another run holds it
+    held, _ = workdir.acquire_lock(finished_copy)  # as another run holds it
     try:
         before = file_hashes(finished_copy)
         with pytest.raises(WorkdirError) as raised:
@@ -307,8 +312,10 @@ def test_the_lock_of_a_process_that_no_longer_runs_is_taken_over(tmp_path, caplo
     )
     dead = ended.stdout.strip()
     (tmp_path / "run.lock").write_text(f"{dead}\n")
+    held, left_by = workdir.acquire_lock(str(tmp_path))
+    assert left_by == dead
     with caplog.at_level(logging.WARNING, logger="absl"):
-        held = workdir.acquire_lock(str(tmp_path))
+        workdir.log_taken_over(str(tmp_path), left_by)
     assert f"run.lock was left by process {dead}, which no longer runs: taken over" in caplog.text
     assert (tmp_path / "run.lock").read_text() == f"{os.getpid()}\n"
     workdir.release_lock(str(tmp_path), held)
@@ -404,6 +411,8 @@ def test_a_killed_run_resumed_with_another_method_is_refused_and_kept(tmp_path):
             process.wait(timeout=60)
     before = file_hashes(run_dir)
     assert "config.json" in before and "results.json" not in before
+    # The kill left its lock, which the next run takes over and lets go: the rest stays.
+    assert before.pop("run.lock") == sha256_of_text(f"{process.pid}\n")
 
     refused = run_launcher(
         "launch.train", f"--config={SMOKE}", f"--workdir={run_dir}", "--config.method=joint"
