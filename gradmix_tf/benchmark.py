@@ -36,8 +36,8 @@ from matplotlib.figure import Figure
 
 from gradmix_tf import experiment
 from gradmix_tf import workdir as workdirs
-from gradmix_tf.callbacks.mixing_summaries import short_layer_names
-from gradmix_tf.errors import ConfigError
+from gradmix_tf.callbacks.mixing_summaries import quiet_missing_glyphs, short_layer_names
+from gradmix_tf.errors import ConfigError, UserError
 
 COLUMNS = (
     "method",
@@ -149,14 +149,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
 
+_NUMBERS = {"seed": int, "target_test_accuracy": float, "wall_seconds": float, "steps": int}
+"""The columns of results.csv read as numbers, and how."""
+
+
 def read_results(path: str) -> list[dict]:
+    """The rows of a results.csv, their numbers read (`UserError` naming a cell that is
+    not one)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    for row in rows:
-        row["seed"] = int(row["seed"])
-        row["target_test_accuracy"] = float(row["target_test_accuracy"])
-        row["wall_seconds"] = float(row["wall_seconds"])
-        row["steps"] = int(row["steps"])
+    for line, row in enumerate(rows, 2):
+        for column, number in _NUMBERS.items():
+            try:
+                row[column] = number(row[column])
+            except (KeyError, TypeError, ValueError):
+                raise UserError(
+                    f"{path}, line {line}: {column} is {row.get(column)!r}, not a number; "
+                    "give the results.csv of launch.benchmark (or correct that cell)."
+                ) from None
     return rows
 
 
@@ -268,6 +278,7 @@ def summary_markdown(summary: Sequence[dict], title: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+@quiet_missing_glyphs()
 def plot_summary(summary: Sequence[dict], path: str, title: str):
     """Bar chart of mean target accuracy with ±std error bars and the seeds as dots."""
     figure = Figure(figsize=(max(5.0, 1.2 + 0.9 * len(summary)), 4.4), dpi=110)
@@ -313,6 +324,7 @@ def plot_summary(summary: Sequence[dict], path: str, title: str):
     figure.savefig(path)
 
 
+@quiet_missing_glyphs()
 def plot_mixing_weights_over_time(history_path: str, path: str, num_points: int = 4):
     """Heat maps of w [S, L] at `num_points` times of one run, and the per-stream means."""
     with np.load(history_path) as history:

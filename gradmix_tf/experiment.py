@@ -56,6 +56,7 @@ from gradmix_tf.callbacks.label_relations import (
 )
 from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
 from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
+from gradmix_tf.callbacks.skipped_batches import SkippedBatchesGuard, skipped_batches
 from gradmix_tf.config_checks import check_config
 from gradmix_tf.data.streams import DataError, MultiStreamData
 from gradmix_tf.errors import CheckpointError, ConfigError, TrainingStoppedError
@@ -297,6 +298,7 @@ def _callbacks(config, workdir, data, model, start_step=0):
     mixing_logger.set_model(model)
     _cut_logs_back(workdir, start_step, config.train.steps_per_epoch, mixing_logger)
     callbacks += [
+        SkippedBatchesGuard(),  # before the logs and the checkpoint of an epoch it stops
         mixing_logger,
         keras.callbacks.TensorBoard(
             os.path.join(workdir, "tensorboard"), update_freq=config.train.log_every_steps
@@ -381,9 +383,10 @@ def _fit(model, data, config, write_dir, start_step):
         if not found:
             raise
         raise TrainingStoppedError(
-            f"{found.group(0)} The last checkpoint is intact: lower optimizer.learning_rate, "
-            "check that stream's data, or set --config.train.on_nonfinite=skip to skip such "
-            "batches; then rerun the same command to resume."
+            f"{found.group(0)} The last checkpoint is intact: check that stream's data, or "
+            "rerun with --config.train.on_nonfinite=skip to resume from it skipping such "
+            "batches; a lower optimizer.learning_rate trains another run (another --workdir, "
+            "or --overwrite)."
         ) from None
 
 
@@ -396,16 +399,23 @@ def train_and_evaluate(
     """Trains (resuming from `workdir` if it has a checkpoint), evaluates and exports.
 
     A work directory records one experiment (`gradmix_tf.workdir`). Before anything is
-    written: a directory holding a run of another config is refused (`WorkdirError`, the
-    differing fields named) unless `overwrite`, which deletes that run and starts afresh;
-    a finished run returns its stored results, trains and writes nothing (`force_eval`
-    evaluates and exports it again, keeping its `train_seconds`). A rerun after a kill
-    resumes from the newest checkpoint that restores and ends with the uninterrupted
-    run's weights and results (module docstring).
+    written, under the directory's lock: a directory in use by another run, one with files
+    but no `config.json`, or one holding a run of another config is refused (`WorkdirError`,
+    the differing fields named); `overwrite` deletes the run of another config and starts
+    afresh; a finished run returns its stored results, trains and writes nothing
+    (`force_eval` evaluates and exports it again, keeping its `train_seconds`). A rerun
+    after a kill resumes from the newest checkpoint that restores and ends with the
+    uninterrupted run's weights and results (module docstring). The export is written
+    before `results.json`, which marks the run finished.
     """
     config = resolve_config(config)
-    workdirs.check_is_directory(workdir)
-    stored = not overwrite and workdirs.check_same_config(workdir, config)
+    shared = config.train.get("distribute", "none") == "multi_worker"  # by every worker
+    with workdirs.opened(workdir, config, overwrite, lock=not shared) as stored:
+        return _train_and_evaluate_opened(config, workdir, stored, overwrite, force_eval)
+
+
+def _train_and_evaluate_opened(config, workdir, stored, overwrite, force_eval) -> dict:
+    """`train_and_evaluate` in a work directory `workdirs.opened`."""
     finished = workdirs.finished_results(workdir, config.train.steps) if stored else None
     if finished and not force_eval:
         logging.info(
@@ -429,7 +439,7 @@ def train_and_evaluate(
         model = build_model(config, data)
     checkpoints = os.path.join(workdir, "checkpoints")
     if overwrite and chief:
-        workdirs.clear_run_files(workdir)
+        workdirs.clear_run_files(workdir, keep=("config.json",))  # rewritten just below
     start_step = 0 if overwrite else restore_latest(model, checkpoints) or 0
     if 0 < start_step < config.train.steps:
         logging.info("Resuming from step %d (checkpoint in %s)", start_step, checkpoints)
@@ -456,6 +466,7 @@ def train_and_evaluate(
         "steps": int(model.optimizer.iterations.numpy()),
         "batches": batches_consumed(model),
         "train_seconds": train_seconds,
+        "nonfinite_skipped": skipped_batches(model),
         **mixing_weight_summary(model),
     }
     if model.label_adapters:
@@ -468,10 +479,17 @@ def train_and_evaluate(
         return results
     if model.label_adapters:
         save_label_relations(model, workdir)
-    workdirs.write_json(os.path.join(workdir, "results.json"), results)
-    export_target_model(
-        model, os.path.join(workdir, "export"), data.image_shape, data.target_class_names
+    if results["nonfinite_skipped"]:
+        logging.warning(
+            "%d of %d batches were skipped for a non-finite loss or gradient.",
+            results["nonfinite_skipped"],
+            results["batches"],
+        )
+    workdirs.write_directory(  # whole or not at all, and before results.json
+        os.path.join(workdir, "export"),
+        lambda path: export_target_model(model, path, data.image_shape, data.target_class_names),
     )
+    workdirs.write_json(os.path.join(workdir, "results.json"), results)  # last: finished
     logging.info(
         "Target test accuracy %.4f; results in %s", results["target_test_accuracy"], workdir
     )
@@ -483,8 +501,13 @@ def load_workdir_config(workdir: str) -> ml_collections.ConfigDict:
     return workdirs.load_config(workdir)
 
 
-def evaluate_workdir(workdir: str) -> dict:
-    """Re-evaluates the latest checkpoint of a work directory on the target test set."""
+def evaluate_workdir(workdir: str, on_save_error=None) -> dict:
+    """Re-evaluates the latest checkpoint of a work directory on the target test set.
+
+    The results are saved as `evaluation.json`; when that write fails (a read-only
+    directory), `on_save_error(error)` is called and the results are returned all the
+    same (None: the error is raised).
+    """
     config = load_workdir_config(workdir)
     seed_everything(config)
     data = build_data(config)
@@ -497,5 +520,10 @@ def evaluate_workdir(workdir: str) -> dict:
             "(one is written every train.checkpoint_every_steps steps)."
         )
     results = {"step": step, **evaluate(model, data, config.train.eval_batch_size)}
-    workdirs.write_json(os.path.join(workdir, "evaluation.json"), results)
+    try:
+        workdirs.write_json(os.path.join(workdir, "evaluation.json"), results)
+    except OSError as error:
+        if on_save_error is None:
+            raise
+        on_save_error(error)
     return results

@@ -29,6 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gradmix_tf.benchmark import paired_gap, read_results, run_dir
+from gradmix_tf.callbacks.mixing_summaries import quiet_missing_glyphs
 from gradmix_tf.errors import UserError
 
 TRUNK_MARKER = "trunk/"  # mixing layers of the shared trunk: 'gradmix/trunk/conv1', ...
@@ -168,6 +169,7 @@ def usefulness_markdown(useful: Mapping[str, dict], rules: Mapping[str, Mapping[
     return "\n".join(lines) + "\n"
 
 
+@quiet_missing_glyphs()
 def plot_usefulness(
     useful: Mapping[str, dict], rules: Mapping[str, Mapping[str, dict]], path: str, title: str
 ):

@@ -17,6 +17,8 @@ every run. Without --methods/--seeds, the config's `benchmark.methods` and
 `benchmark.seeds` are used (all methods, 5 seeds by default).
 """
 
+import os
+
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -63,15 +65,16 @@ def main(argv):
     config = ml_collections.ConfigDict(config.to_dict())  # unlocked copy
     if "benchmark" in config:
         del config["benchmark"]
+    out = os.path.expanduser(_OUT.value)
     benchmark.run_benchmark(
         config,
         methods,
         list(range(_FIRST_SEED.value, _FIRST_SEED.value + seeds)),
-        _OUT.value,
+        out,
         reference=_REFERENCE.value,
     )
-    print(open(f"{_OUT.value}/summary.md").read())
-    print(f"results: {_OUT.value}/results.csv, plots: {_OUT.value}/summary.png")
+    print(open(f"{out}/summary.md").read())
+    print(f"results: {out}/results.csv, plots: {out}/summary.png")
 
 
 if __name__ == "__main__":

@@ -8,33 +8,43 @@ Every launcher runs its `main` with `run(main)` instead of `app.run(main)`. The 
     2  a user error: one line `error: <what happened and what to do>` on stderr, nothing
        else; work already done is kept (nothing is written after the error, and a work
        directory's checkpoints stay as they are)
+  130  interrupted (Ctrl-C): one line `interrupted`, no traceback; a work directory's
+       checkpoints stay, and the same command resumes
 
 A user error is one of `USER_ERRORS`: a `gradmix_tf.errors.UserError` (a config value, a
 work directory, the data, a dataset not prepared, checkpoints that do not restore, a
 non-finite loss), a usage error of the launcher (`app.UsageError`), or a file or directory
 that cannot be read or written (`OSError`). The command line is parsed by `parse_flags`,
-so that its errors (an unknown flag or `--config.` field, a bad flag value, a config file
-that is missing or fails) are one line and exit code 2 as well: they happen before `main`
-runs, where `app.run` would print its usage text and exit with code 1.
+so that its errors (an unknown flag or `--config.` field or group, a bad flag value, a
+config file that is missing or fails) are one line and exit code 2 as well: they happen
+before `main` runs, where `app.run` would print its usage text and exit with code 1.
+TensorFlow's op names (`{{function_node __wrapped__...}}`, `[Op:...]`) are taken out of
+a message: they say nothing a user can act on.
 """
 
 from __future__ import annotations
 
 import contextlib
+import difflib
 import re
 import sys
 
 from absl import app, flags
+from ml_collections import config_dict
 from ml_collections.config_flags.config_flags import is_config_flag
 
 from gradmix_tf.errors import UserError
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped by Ctrl-C
 USER_ERRORS = (UserError, app.UsageError, OSError)
+
+_OP_NAMES = re.compile(r"\{\{function_node [^}]*\}\}\s*|\s*\[Op:\w+\]( name:\s*\w*)?")
+"""TensorFlow's names of the op that failed, in the message of an op's error."""
 
 
 def one_line(text: str) -> str:
-    return " ".join(str(text).split())
+    return " ".join(_OP_NAMES.sub("", str(text)).split())
 
 
 def fail(message: str):
@@ -52,11 +62,15 @@ def message_of(error: BaseException) -> str:
 
 @contextlib.contextmanager
 def user_errors():
-    """Turns the user errors (`USER_ERRORS`) raised inside into one line and exit code 2."""
+    """Turns the user errors (`USER_ERRORS`) raised inside into one line and exit code 2,
+    and Ctrl-C into one line and exit code 130."""
     try:
         yield
     except USER_ERRORS as error:
         fail(message_of(error))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr, flush=True)
+        sys.exit(EXIT_INTERRUPTED)
 
 
 def _config_arg(argv) -> str:
@@ -79,6 +93,49 @@ def _unknown_field(error: AttributeError, argv) -> str:
         parent = field.rpartition(".")[0]
         message += f" (did you mean {parent + '.' if parent else ''}{suggestion.group(1)}?)"
     return message + "; the config file lists every field."
+
+
+def _config_overrides(argv, name: str) -> list[tuple[str, str]]:
+    """(flag, dotted path) of each `--name.path=value` of a command line, in order."""
+    pattern = re.compile(rf"^(--?{re.escape(name)}\.([^=]+))(=|$)")
+    return [(m.group(1), m.group(2)) for m in map(pattern.match, argv[1:]) if m]
+
+
+def _path_problem(config, path: str) -> str | None:
+    """Why the dotted `path` does not lead to a field of `config` (None: it does)."""
+    holder, walked = config, []
+    for part in path.split("."):
+        if not isinstance(holder, (config_dict.ConfigDict, dict)):
+            return (
+                f"{'.'.join(walked)} is {holder!r}, not a group of fields: set it whole, "
+                f"e.g. --{'.'.join(['config', *walked])}=VALUE"
+            )
+        if part not in holder:
+            field = ".".join([*walked, part])
+            close = difflib.get_close_matches(part, [str(k) for k in holder], n=1)
+            hint = f" (did you mean {'.'.join([*walked, close[0]])}?)" if close else ""
+            return f"the config has no field {field}{hint}; the config file lists every field"
+        holder, walked = holder[part], [*walked, part]
+    return None
+
+
+def _bad_override(error: Exception, argv) -> str:
+    """config_flags's KeyError, TypeError or IndexError for an override whose path goes
+    through a group the config lacks, or through a field that is not a group."""
+    for name in list(flags.FLAGS):
+        flag = flags.FLAGS[name]
+        given = [a for a in argv[1:] if re.match(rf"--?{re.escape(name)}=", a)]
+        if not is_config_flag(flag) or not given:
+            continue
+        try:
+            config = flag.parser.parse(given[-1].split("=", 1)[1])
+        except Exception:  # the config file itself fails: told by its own error
+            continue
+        for override, path in _config_overrides(argv, name):
+            problem = _path_problem(config, path)
+            if problem:
+                return f"{override}: {problem}."
+    return f"a --config. override does not fit the config ({type(error).__name__}: {error})"
 
 
 def _flag_error(error: flags.Error) -> str:
@@ -104,6 +161,8 @@ def parse_flags(argv: list[str]) -> list[str]:
         fail(_flag_error(error))
     except AttributeError as error:  # config_flags: `--config.x=...` of a field not in the config
         fail(_unknown_field(error, argv))
+    except (KeyError, TypeError, IndexError) as error:  # `--config.group.x=...`, group unknown
+        fail(_bad_override(error, argv))
     except OSError as error:  # config_flags: the config file cannot be read
         reason = [line for line in str(error).splitlines() if line.strip()][-1].strip()
         reason = reason.split("failure to load: ")[-1]

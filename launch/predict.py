@@ -12,6 +12,7 @@ then 2. An image much smaller than the model's input gets a `warning:` line on
 stderr. An export that cannot be loaded is one `error:` line, exit code 2.
 """
 
+import os
 import sys
 
 from absl import app, flags
@@ -32,9 +33,15 @@ def main(argv):
     paths = argv[1:]
     if not paths:
         raise app.UsageError("give one or more image (or video) files after the flags.")
+    if _TOP_K.value < 1:
+        raise app.UsageError(f"--top_k must be at least 1, got {_TOP_K.value}.")
     try:
         results = classify_files(
-            _MODEL.value, paths, top_k=_TOP_K.value, num_clips=_NUM_CLIPS.value, fps=_FPS.value
+            os.path.expanduser(_MODEL.value),
+            paths,
+            top_k=_TOP_K.value,
+            num_clips=_NUM_CLIPS.value,
+            fps=_FPS.value,
         )
     except (FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)

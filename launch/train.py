@@ -14,15 +14,19 @@ epoch ends, so `train.steps` and `train.checkpoint_every_steps` are whole epochs
 directory records one experiment: another config (`--config.seed=3`, ...) is refused before
 anything is written, naming the fields that differ (`--overwrite` deletes the run and trains
 afresh), and a finished run is reported, not trained again (`--force_eval` evaluates and
-exports it again). A user's mistake is one line `error: ...` and exit code 2 (launch/errors.py).
+exports it again). One run at a time writes a work directory (WORKDIR/run.lock), and a
+directory with files but no config.json is not trained in (gradmix_tf/workdir.py). A user's
+mistake is one line `error: ...` and exit code 2 (launch/errors.py).
 """
 
 import json
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
 
 from gradmix_tf import distribute, experiment
+from gradmix_tf import workdir as workdirs
 from launch import errors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")
@@ -54,9 +58,12 @@ def main(argv):
     if _DISTRIBUTE.value is not None:
         config.train.distribute = _DISTRIBUTE.value
     results = experiment.train_and_evaluate(
-        config, _WORKDIR.value, overwrite=_OVERWRITE.value, force_eval=_FORCE_EVAL.value
+        config,
+        os.path.expanduser(_WORKDIR.value),
+        overwrite=_OVERWRITE.value,
+        force_eval=_FORCE_EVAL.value,
     )
-    print(json.dumps(results, indent=2))
+    print(json.dumps(workdirs.json_safe(results), indent=2))
 
 
 if __name__ == "__main__":

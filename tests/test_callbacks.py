@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import glob
 import os
+import warnings
 
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from gradmix_tf import benchmark
 from gradmix_tf.callbacks.mixing_summaries import (
     IMAGE_TAG,
     MixingWeightsLogger,
@@ -408,6 +410,16 @@ def test_render_mixing_weights():
     assert image.shape == other.shape and not np.array_equal(image, other)
     empty = render_mixing_weights(np.zeros([0, 3]), [], names)
     assert empty.dtype == np.uint8 and empty.ndim == 3
+
+
+def test_names_in_scripts_the_font_lacks_draw_without_warnings(tmp_path):
+    weights = np.array([[0.2, 0.8], [0.5, 0.5]])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        render_mixing_weights(weights, ["猫の写真", "犬"], ["trunk/conv", "head_target"])
+        summary = [{"method": "猫", "n": 1, "mean": 0.5, "std": 0.0, "accuracies": [0.5]}]
+        benchmark.plot_summary(summary, str(tmp_path / "summary.png"), "写真")
+    assert not [w for w in caught if "Glyph" in str(w.message)], [str(w.message) for w in caught]
 
 
 def test_short_layer_names():

@@ -8,15 +8,23 @@ nothing on disk changed.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
+import ml_collections
 import pytest
 from absl import app, flags
 
+from gradmix_tf import benchmark
 from gradmix_tf.errors import ConfigError, UserError
+from gradmix_tf.tasks.folders import decode_image_file
 from launch import errors, verbosity
-from tests.workdir_testing import file_hashes, output_of, run_launcher
+from tests.workdir_testing import REPO_ROOT, file_hashes, output_of, run_launcher
 
 SMOKE = "--config=configs/digits.py:smoke"
 
@@ -77,6 +85,53 @@ def test_flag_parsing_errors_are_one_line(capsys):
 
 
 @pytest.mark.parametrize(
+    "path, problem",
+    [
+        ("trian.steps", "the config has no field trian (did you mean train?)"),
+        ("data.task_options.root", "the config has no field data.task_options"),
+        ("model.filters.x", "model.filters is (8, 16), not a group of fields: set it whole"),
+        ("model.filters", None),
+    ],
+)
+def test_an_override_through_a_missing_or_plain_field_is_named(path, problem):
+    config = ml_collections.ConfigDict(
+        {"train": {"steps": 30}, "data": {"task": "digits"}, "model": {"filters": (8, 16)}}
+    )
+    found = errors._path_problem(config, path)
+    assert found == problem if problem is None else found.startswith(problem)
+
+
+def test_ctrl_c_is_one_line_and_exit_code_130(capsys):
+    with pytest.raises(SystemExit) as exited, errors.user_errors():
+        raise KeyboardInterrupt
+    assert exited.value.code == 130
+    assert capsys.readouterr().err == "interrupted\n"
+
+
+def test_tensorflow_op_names_are_taken_out_of_a_message(tmp_path):
+    path = tmp_path / "photo.png"
+    path.write_bytes(b"not an image")
+    with pytest.raises(UserError) as raised:
+        decode_image_file(str(path), (8, 8, 3))
+    line = errors.message_of(raised.value)
+    assert line == (
+        f"{path}: not a readable image (Unknown image file format. One of JPEG, JPEG XL, PNG, "
+        "GIF, BMP, WebP required.); replace the file or remove it."
+    )
+
+
+def test_a_results_file_with_a_cell_that_is_not_a_number_is_a_user_error(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("method,seed,target_test_accuracy,wall_seconds,steps\njoint,0,abc,1.0,30\n")
+    with pytest.raises(UserError) as raised:
+        benchmark.read_results(str(path))
+    assert str(raised.value) == (
+        f"{path}, line 2: target_test_accuracy is 'abc', not a number; give the results.csv "
+        "of launch.benchmark (or correct that cell)."
+    )
+
+
+@pytest.mark.parametrize(
     "argv, level",
     [
         (["-m"], 0),
@@ -132,6 +187,21 @@ TRAIN_CASES = {
         "error: optimizer.learning_rate must be a positive number, got -0.001.",
     ),
     "unexpected argument": (["extra"], "error: unexpected arguments: ['extra']"),
+    "misspelt group": (
+        ["--config.trian.steps=20"],
+        "error: --config.trian.steps: the config has no field trian (did you mean train?); "
+        "the config file lists every field.",
+    ),
+    "field that is not a group": (
+        ["--config.model.filters.x=1"],
+        "error: --config.model.filters.x: model.filters is (8, 16), not a group of fields: set "
+        "it whole, e.g. --config.model.filters=VALUE.",
+    ),
+    "task options of a task without them": (
+        ["--config.data.task_options.root=/data"],
+        "error: --config.data.task_options.root: the config has no field data.task_options; "
+        "the config file lists every field.",
+    ),
 }
 
 
@@ -249,3 +319,129 @@ def test_tensorflow_notices_are_held_back_unless_verbosity(smoke_workdir, tmp_pa
     assert any(notice in loud.stderr for notice in held_back), output_of(loud)
     if not os.path.exists("/proc/driver/nvidia"):
         assert "cuInit" in loud.stderr, output_of(loud)
+
+
+@pytest.mark.slow
+def test_train_in_a_directory_that_is_not_a_work_directory(tmp_path):
+    mine = tmp_path / "mine"
+    (mine / "export").mkdir(parents=True)
+    (mine / "export" / "model.bin").write_text("mine")
+    for extra in ([], ["--overwrite"]):
+        line = one_error_line(run_launcher("launch.train", SMOKE, f"--workdir={mine}", *extra))
+        assert line.startswith(f"error: {mine} holds a run's files (export) but no config.json")
+        assert (mine / "export" / "model.bin").read_text() == "mine"
+        assert os.listdir(mine) == ["export"] and os.listdir(mine / "export") == ["model.bin"]
+
+
+@pytest.mark.slow
+def test_a_workdir_starting_with_a_tilde_is_in_the_home_directory(tmp_path):
+    home = tmp_path / "home"
+    (home / "x").mkdir(parents=True)
+    (home / "x" / "notes.txt").write_text("mine")
+    completed = run_launcher("launch.train", SMOKE, "--workdir=~/x", HOME=str(home))
+    assert one_error_line(completed).startswith(f"error: {home}/x is not empty (notes.txt)")
+    line = one_error_line(run_launcher("launch.evaluate", "--workdir=~/y", HOME=str(home)))
+    assert line.startswith(f"error: {home}/y does not exist")
+    assert not os.path.exists(os.path.join(REPO_ROOT, "~"))
+    assert not (home / "y").exists() and os.listdir(home / "x") == ["notes.txt"]
+
+
+@pytest.mark.slow
+def test_evaluate_prints_its_results_when_it_cannot_save_them(smoke_workdir, tmp_path):
+    copy = str(tmp_path / "run")
+    shutil.copytree(smoke_workdir, copy)
+    os.mkdir(os.path.join(copy, "evaluation.json.partial"))  # no file can be written there
+    before = file_hashes(copy)
+    completed = run_launcher("launch.evaluate", f"--workdir={copy}")
+    assert completed.returncode == 0, output_of(completed)
+    assert json.loads(completed.stdout)["step"] == 30
+    assert "Traceback" not in completed.stderr, output_of(completed)
+    assert completed.stderr.splitlines()[-1] == (
+        f"warning: the results are not saved: {copy}/evaluation.json.partial: Is a directory"
+    )
+    assert file_hashes(copy) == before and not os.path.exists(f"{copy}/evaluation.json")
+
+
+@pytest.mark.slow
+def test_summarize_names_a_cell_that_is_not_a_number(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("method,seed,target_test_accuracy,wall_seconds,steps\njoint,0,,1.0,30\n")
+    line = one_error_line(
+        run_launcher("launch.summarize", f"--results={path}", f"--out={tmp_path}/out")
+    )
+    assert line == (
+        f"error: {path}, line 2: target_test_accuracy is '', not a number; give the "
+        "results.csv of launch.benchmark (or correct that cell)."
+    )
+    assert os.listdir(tmp_path) == ["results.csv"]
+
+
+def start_training(workdir, *args, log) -> subprocess.Popen:
+    environment = {**os.environ, "PYTHONPATH": REPO_ROOT}
+    environment.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    command = [sys.executable, "-m", "launch.train", SMOKE, f"--workdir={workdir}", *args]
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=environment, stdout=log, stderr=log)
+
+
+def wait_for(predicate, process, timeout=300):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert process.poll() is None, f"the run ended (exit {process.returncode})"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def registered(workdir, name):
+    state = os.path.join(workdir, "checkpoints", "checkpoint")
+    return os.path.exists(state) and f'"{name}"' in open(state).read()
+
+
+@pytest.mark.slow
+def test_two_runs_at_once_and_a_lock_left_by_a_kill(tmp_path):
+    run = str(tmp_path / "run")
+    lock = os.path.join(run, "run.lock")
+    with open(tmp_path / "first.log", "w") as log:
+        first = start_training(run, "--config.train.steps=1000", log=log)  # still running
+        try:
+            wait_for(lambda: registered(run, "ckpt-10"), first)
+            assert open(lock).read() == f"{first.pid}\n"
+            before = file_hashes(run)
+            second = run_launcher("launch.train", SMOKE, f"--workdir={run}", "--config.seed=1")
+            assert one_error_line(second) == (
+                f"error: {run} is in use by another run (process {first.pid}, {lock}): wait "
+                "for it to end, or use another --workdir."
+            )
+            assert first.poll() is None
+            first.send_signal(signal.SIGKILL)
+            first.wait(timeout=60)
+        finally:
+            first.kill()
+            first.wait(timeout=60)
+    # The second run wrote nothing (the first went on writing its checkpoints and logs).
+    assert file_hashes(run)["config.json"] == before["config.json"]
+    assert json.load(open(os.path.join(run, "config.json")))["seed"] == 0
+    assert open(lock).read() == f"{first.pid}\n"  # left by the kill
+    again = run_launcher("launch.train", SMOKE, f"--workdir={run}", "--overwrite")
+    assert again.returncode == 0, output_of(again)
+    assert f"was left by process {first.pid}, which no longer runs: taken over" in again.stderr
+    assert not os.path.exists(lock)
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_with_one_line_and_the_rerun_resumes(tmp_path):
+    run = str(tmp_path / "run")
+    with open(tmp_path / "interrupted.log", "w") as log:
+        process = start_training(run, log=log)
+        try:
+            wait_for(lambda: registered(run, "ckpt-10"), process)
+            process.send_signal(signal.SIGINT)
+            process.wait(timeout=120)
+        finally:
+            process.kill()
+            process.wait(timeout=60)
+    output = (tmp_path / "interrupted.log").read_text()
+    assert process.returncode == 130, output
+    assert "Traceback" not in output and output.splitlines()[-1] == "interrupted", output
+    assert not os.path.exists(os.path.join(run, "run.lock"))
+    again = run_launcher("launch.train", SMOKE, f"--workdir={run}")
+    assert again.returncode == 0 and "Resuming from step " in again.stderr, output_of(again)

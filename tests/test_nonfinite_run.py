@@ -1,12 +1,16 @@
 """A NaN in one stream during `fit`: the run stops naming it (or skips), checkpoints stay good."""
 
+import logging
+
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
 from gradmix_tf.callbacks.checkpoints import Checkpointer, restore_latest
+from gradmix_tf.callbacks.skipped_batches import SkippedBatchesGuard, skipped_batches
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
+from gradmix_tf.errors import TrainingStoppedError
 from gradmix_tf.training.gradmix_model import GradMixModel
 
 SHAPE = (8, 8, 1)
@@ -91,3 +95,26 @@ def test_skip_leaves_the_weights_finite_and_counts(tmp_path):
     for variable, before in zip(model.weights, good):
         if id(variable) in trainable:
             np.testing.assert_array_equal(before, variable.numpy())
+
+
+def test_an_epoch_of_skipped_batches_stops_the_run_before_its_checkpoint(tmp_path, caplog):
+    directory = str(tmp_path / "checkpoints")
+    model = make_model("skip")
+    fit(model, make_data(poison_source=False), directory, epochs=1)
+    with (
+        caplog.at_level(logging.WARNING, logger="absl"),
+        pytest.raises(
+            TrainingStoppedError, match=r"^Every batch of epoch 2 \(training steps 3-4\)"
+        ),
+    ):
+        model.fit(
+            make_data(poison_source=True).train_dataset(4, seed=0),
+            epochs=3,
+            initial_epoch=1,
+            steps_per_epoch=2,
+            callbacks=[SkippedBatchesGuard(), Checkpointer(directory, every_n_steps=2)],
+            verbose=0,
+        )
+    assert "Epoch 2: 2 of 2 batches skipped for a non-finite (NaN or Inf) loss" in caplog.text
+    assert skipped_batches(model) == 2
+    assert tf.train.latest_checkpoint(directory).endswith("ckpt-2")  # the dead epoch unsaved

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from absl import flags
+from absl import app, flags
 from absl.testing import flagsaver
 from PIL import Image
 
@@ -28,6 +30,7 @@ from gradmix_tf.export.predict import (
 )
 from gradmix_tf.tasks import digits
 from launch import predict as predict_launcher
+from tests.workdir_testing import file_hashes
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (44, 36)  # (width, height) of the test files: the model's 32x32 input is resized to
@@ -167,10 +170,10 @@ def parsed_flags():
         flags.FLAGS.mark_as_parsed()
 
 
-def run_main(capsys, model: str, paths) -> tuple[int, str, str]:
+def run_main(capsys, model: str, paths, top_k: int = 1) -> tuple[int, str, str]:
     """`launch.predict`'s main in process: (exit code, stdout, stderr)."""
     code = 0
-    with flagsaver.flagsaver(model=model, top_k=1):
+    with flagsaver.flagsaver(model=model, top_k=top_k):
         try:
             predict_launcher.main(["predict", *paths])
         except SystemExit as exit_:
@@ -213,6 +216,56 @@ def test_export_load_errors_are_one_line_and_exit_code_2(
         assert (code, out) == (2, ""), err
         assert len(err.splitlines()) == 1 and err.startswith(start), err
     assert "is not a gradmix-tf export" in run_main(capsys, str(tmp_path), ["x.png"])[2]
+
+
+def test_a_damaged_export_cannot_be_loaded(export, mixed_batch, tmp_path, capsys, parsed_flags):
+    damaged = tmp_path / "damaged"
+    shutil.copytree(export, damaged)
+    (data,) = (damaged / "variables").glob("variables.data-*")
+    os.truncate(data, 100)
+    before = file_hashes(str(damaged))
+    code, out, err = run_main(capsys, str(damaged), [mixed_batch["good"]])
+    assert (code, out) == (2, ""), err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith(f"error: cannot load the export {damaged}: "), err
+    assert err.endswith(
+        "A damaged export: rerun `python -m launch.train --force_eval` on its work directory "
+        "to write it again.\n"
+    )
+    assert file_hashes(str(damaged)) == before
+
+
+def png_of_size(width: int, height: int) -> bytes:
+    """A PNG file that says it is `width` x `height` 8-bit grey pixels (what PIL reads to
+    open it), with no pixel data."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"") + chunk(b"IEND", b"")
+
+
+def test_an_image_of_too_many_pixels_is_one_more_unreadable_file(
+    export, mixed_batch, tmp_path, capsys, parsed_flags
+):
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_of_size(14000, 14000))
+    code, out, err = run_main(capsys, export, [str(huge), mixed_batch["good"]])
+    assert code == 2
+    assert [line.partition(": ")[0] for line in out.splitlines()] == [mixed_batch["good"]]
+    (line,) = err.splitlines()
+    assert line.startswith(f"error: {huge}: too large to read: Image size (196000000 pixels)")
+
+
+@pytest.mark.parametrize("top_k", [0, -1])
+def test_top_k_must_be_at_least_1(export, mixed_batch, capsys, parsed_flags, top_k):
+    with pytest.raises(app.UsageError, match=f"--top_k must be at least 1, got {top_k}"):
+        run_main(capsys, export, [mixed_batch["good"]], top_k=top_k)
+    with pytest.raises(ValueError, match=f"top_k must be >= 1, got {top_k}"):
+        classify_files(export, [mixed_batch["good"]], top_k=top_k)
 
 
 # ----------------------------------------------------------- small images

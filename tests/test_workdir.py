@@ -8,6 +8,7 @@ the launcher and is slow.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -29,7 +30,13 @@ from gradmix_tf.errors import (
     TrainingStoppedError,
     WorkdirError,
 )
-from tests.workdir_testing import REPO_ROOT, file_hashes, output_of, run_launcher
+from tests.workdir_testing import (
+    FINISHED_RUN_FILES,
+    REPO_ROOT,
+    file_hashes,
+    output_of,
+    run_launcher,
+)
 
 SMOKE = "configs/digits.py:smoke"
 
@@ -58,6 +65,10 @@ def finished_copy(smoke_workdir, tmp_path) -> str:
     copy = str(tmp_path / "run")
     shutil.copytree(smoke_workdir, copy)
     return copy
+
+
+def sha256_of_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def read_json(path: str) -> dict:
@@ -195,6 +206,191 @@ def test_a_diverging_run_stops_with_a_training_stopped_error(tmp_path):
     assert not os.path.exists(tmp_path / "run" / "results.json")
 
 
+def test_the_advice_of_a_non_finite_stop_can_be_followed(tmp_path, caplog):
+    """It says: rerun with on_nonfinite=skip to resume; a lower learning rate is another run.
+    Skipping, every batch after the first step is non-finite: a dead run, which stops."""
+    run = str(tmp_path / "run")
+    diverging = {"optimizer.learning_rate": 1e30, "train.verbose": 0}
+    with pytest.raises(TrainingStoppedError) as stopped:
+        experiment.train_and_evaluate(smoke_config(**diverging), run)
+    assert "rerun with --config.train.on_nonfinite=skip to resume from it" in str(stopped.value)
+    assert "a lower optimizer.learning_rate trains another run (another --workdir, or " in str(
+        stopped.value
+    )
+    skipping = smoke_config(**diverging, **{"train.on_nonfinite": "skip"})
+    with (
+        caplog.at_level(logging.INFO, logger="absl"),
+        pytest.raises(TrainingStoppedError) as dead,
+    ):
+        experiment.train_and_evaluate(skipping, run)  # resumed, not refused
+    assert "train.on_nonfinite 'stop' -> 'skip' (fields that may change on resume)" in caplog.text
+    assert "Epoch 1: 9 of 10 batches skipped" in caplog.text
+    assert str(dead.value).startswith(
+        "Every batch of epoch 2 (training steps 11-20) had a non-finite (NaN or Inf) loss or "
+        "gradient and was skipped: the model no longer trains, so the run stops"
+    )
+    assert read_json(os.path.join(run, "config.json"))["train"]["on_nonfinite"] == "skip"
+    assert not os.path.exists(os.path.join(run, "results.json"))
+    assert not os.path.exists(os.path.join(run, "export"))
+    assert sorted(os.listdir(os.path.join(run, "checkpoints"))) == [
+        "checkpoint",
+        "ckpt-10.data-00000-of-00001",
+        "ckpt-10.index",
+    ]
+    with pytest.raises(WorkdirError, match=r"optimizer.learning_rate 1e\+30 -> 0.001"):
+        experiment.train_and_evaluate(smoke_config(**{"train.on_nonfinite": "skip"}), run)
+
+
+def test_results_count_the_skipped_batches(smoke_workdir):
+    assert read_json(os.path.join(smoke_workdir, "results.json"))["nonfinite_skipped"] == 0
+
+
+# ------------------------------------------------------ directories not ours
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_directory_without_config_json_is_refused_and_kept(tmp_path, overwrite):
+    mine = tmp_path / "mine"
+    (mine / "export").mkdir(parents=True)
+    (mine / "export" / "model.bin").write_text("mine")
+    (mine / "results.json").write_text("{}")
+    before = file_hashes(str(mine))
+    with pytest.raises(WorkdirError) as raised:
+        experiment.train_and_evaluate(smoke_config(), str(mine), overwrite=overwrite)
+    assert str(raised.value).startswith(
+        f"{mine} holds a run's files (export, results.json) but no config.json"
+    )
+    assert "nothing in it is resumed, overwritten or deleted" in str(raised.value)
+    assert file_hashes(str(mine)) == before and sorted(os.listdir(mine)) == sorted(
+        ["export", "results.json"]
+    )
+
+
+def test_a_directory_of_other_files_is_not_a_work_directory(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(WorkdirError, match=r"is not empty \(notes.txt\) and has no config.json"):
+        experiment.train_and_evaluate(smoke_config(), str(tmp_path), overwrite=True)
+    assert os.listdir(tmp_path) == ["notes.txt"]
+
+
+def test_a_run_without_its_config_json_is_not_resumed_by_another_config(finished_copy):
+    os.remove(os.path.join(finished_copy, "config.json"))
+    before = file_hashes(finished_copy)
+    with pytest.raises(WorkdirError, match="holds a run's files .*checkpoints.* but no config"):
+        experiment.train_and_evaluate(smoke_config(seed=5), finished_copy)
+    assert file_hashes(finished_copy) == before
+
+
+def test_overwrite_keeps_config_json_until_the_new_one_is_written(finished_copy):
+    with open(os.path.join(finished_copy, "notes.txt"), "w") as f:
+        f.write("mine")
+    workdir.clear_run_files(finished_copy, keep=("config.json",))
+    assert sorted(os.listdir(finished_copy)) == ["config.json", "notes.txt"]
+
+
+# ---------------------------------------------------------------------- lock
+def test_a_directory_in_use_is_refused_and_kept(finished_copy):
+    held, _ = workdir.acquire_lock(finished_copy)  # as another run holds it
+    try:
+        before = file_hashes(finished_copy)
+        with pytest.raises(WorkdirError) as raised:
+            experiment.train_and_evaluate(smoke_config(seed=1), finished_copy, overwrite=True)
+        assert str(raised.value) == (
+            f"{finished_copy} is in use by another run (process {os.getpid()}, "
+            f"{finished_copy}/run.lock): wait for it to end, or use another --workdir."
+        )
+        assert file_hashes(finished_copy) == before
+    finally:
+        workdir.release_lock(finished_copy, held)
+    assert not os.path.exists(os.path.join(finished_copy, "run.lock"))
+
+
+def test_the_lock_of_a_process_that_no_longer_runs_is_taken_over(tmp_path, caplog):
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    dead = ended.stdout.strip()
+    (tmp_path / "run.lock").write_text(f"{dead}\n")
+    held, left_by = workdir.acquire_lock(str(tmp_path))
+    assert left_by == dead
+    with caplog.at_level(logging.WARNING, logger="absl"):
+        workdir.log_taken_over(str(tmp_path), left_by)
+    assert f"run.lock was left by process {dead}, which no longer runs: taken over" in caplog.text
+    assert (tmp_path / "run.lock").read_text() == f"{os.getpid()}\n"
+    workdir.release_lock(str(tmp_path), held)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_finished_run_with_a_stale_lock_is_reported(finished_copy):
+    with open(os.path.join(finished_copy, "run.lock"), "w") as f:
+        f.write("999999999\n")  # no such process
+    results = experiment.train_and_evaluate(smoke_config(), finished_copy)
+    assert results == read_json(os.path.join(finished_copy, "results.json"))
+    assert not os.path.exists(os.path.join(finished_copy, "run.lock"))
+
+
+def test_a_data_error_leaves_no_directory_behind(tmp_path):
+    from configs import folders
+
+    config = folders.get_config("smoke")
+    config.data.task_options.root = str(tmp_path / "no_tree")
+    with pytest.raises(ValueError, match="no_tree"):
+        experiment.train_and_evaluate(config, str(tmp_path / "run"))
+    assert os.listdir(tmp_path) == []
+
+
+# ------------------------------------------------------------ finished runs
+def test_a_run_without_a_complete_export_is_not_finished(finished_copy):
+    assert workdir.finished_results(finished_copy, 30) is not None
+    os.remove(os.path.join(finished_copy, "export", "saved_model.pb"))
+    assert workdir.finished_results(finished_copy, 30) is None
+    shutil.rmtree(os.path.join(finished_copy, "export"))
+    assert workdir.finished_results(finished_copy, 30) is None
+
+
+def test_an_interrupted_export_is_written_again(finished_copy):
+    """A kill after results.json but before the export was complete (written in this
+    order before): the rerun evaluates and exports, with the same results."""
+    stored = read_json(os.path.join(finished_copy, "results.json"))
+    checkpoints = file_hashes(os.path.join(finished_copy, "checkpoints"))
+    shutil.rmtree(os.path.join(finished_copy, "export", "variables"))
+    results = experiment.train_and_evaluate(smoke_config(), finished_copy)
+    assert results["target_test_accuracy"] == stored["target_test_accuracy"]
+    assert workdir.export_is_complete(os.path.join(finished_copy, "export"))
+    assert file_hashes(os.path.join(finished_copy, "checkpoints")) == checkpoints
+    assert set(os.listdir(finished_copy)) == FINISHED_RUN_FILES
+
+
+def test_write_directory_replaces_whole_or_not_at_all(tmp_path):
+    path = str(tmp_path / "export")
+
+    def write(content):
+        def writer(target):
+            os.makedirs(target)
+            with open(os.path.join(target, "a"), "w") as f:
+                f.write(content)
+                if content == "killed":
+                    raise KeyboardInterrupt  # stopped midway
+
+        return writer
+
+    workdir.write_directory(path, write("one"))
+    with pytest.raises(KeyboardInterrupt):
+        workdir.write_directory(path, write("killed"))
+    assert open(os.path.join(path, "a")).read() == "one"
+    workdir.write_directory(path, write("two"))
+    assert open(os.path.join(path, "a")).read() == "two"
+    assert os.listdir(tmp_path) == ["export"]
+
+
+def test_non_finite_numbers_are_written_as_null(tmp_path):
+    path = str(tmp_path / "results.json")
+    workdir.write_json(path, {"loss": float("nan"), "w": {"a": float("inf"), "b": [1.5]}})
+    assert read_json(path) == {"loss": None, "w": {"a": None, "b": [1.5]}}
+    assert "NaN" not in open(path).read()
+
+
 # ------------------------------------------------------------- kill -9, slow
 @pytest.mark.slow
 def test_a_killed_run_resumed_with_another_method_is_refused_and_kept(tmp_path):
@@ -215,6 +411,8 @@ def test_a_killed_run_resumed_with_another_method_is_refused_and_kept(tmp_path):
             process.wait(timeout=60)
     before = file_hashes(run_dir)
     assert "config.json" in before and "results.json" not in before
+    # The kill left its lock, which the next run takes over and lets go: the rest stays.
+    assert before.pop("run.lock") == sha256_of_text(f"{process.pid}\n")
 
     refused = run_launcher(
         "launch.train", f"--config={SMOKE}", f"--workdir={run_dir}", "--config.method=joint"

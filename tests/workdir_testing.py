@@ -9,6 +9,17 @@ import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+FINISHED_RUN_FILES = {
+    "checkpoints",
+    "config.json",
+    "export",
+    "mixing_weights.npz",
+    "results.json",
+    "tensorboard",
+    "train_log.csv",
+}
+"""What the work directory of a finished smoke run holds, and nothing else."""
+
 
 def file_hashes(directory: str) -> dict[str, str]:
     """The SHA-256 of every file under `directory`, by relative path."""

@@ -13,7 +13,9 @@ at training time.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 
 import keras
 import numpy as np
@@ -38,6 +40,19 @@ def short_layer_names(layer_names) -> list[str]:
     return ["/".join(p[common:]) for p in parts]
 
 
+@contextlib.contextmanager
+def quiet_missing_glyphs():
+    """Drops matplotlib's warning for each character its fonts lack (a stream or class
+    named in Chinese, Japanese or Korean): the plot shows a box for it, and a dozen
+    warnings would bury the run's own output. A function decorated with it draws quietly."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"Glyph \d+ .* missing from", category=UserWarning
+        )
+        yield
+
+
+@quiet_missing_glyphs()
 def render_mixing_weights(weights, stream_names, layer_names, title=None) -> np.ndarray:
     """Draws w [S, L] as an annotated heat map (streams down, layers across).
 

@@ -88,6 +88,12 @@ def read_image(path: str, input_shape: Sequence[int]) -> tuple[np.ndarray, tuple
     try:
         with Image.open(path) as image:
             return image_pixels(image, input_shape), image.size
+    except Image.DecompressionBombError as error:  # more pixels than PIL decodes
+        raise FileError(
+            path,
+            f"too large to read: {error}",
+            f"cannot read {path} as an image: too large ({error})",
+        ) from None
     except (UnidentifiedImageError, OSError) as error:
         raise FileError(
             path,
@@ -188,9 +194,12 @@ def load_export(export_dir: str):
         input_shape, class_names = list(metadata["input_shape"]), list(metadata["class_names"])
     except FileNotFoundError:
         raise
-    except (OSError, ValueError, KeyError, TypeError, tf.errors.OpError) as error:
+    except Exception as error:  # any failure to load makes it unusable (a damaged file)
         detail = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise ValueError(f"cannot load the export {export_dir}: {detail}") from None
+        raise ValueError(
+            f"cannot load the export {export_dir}: {detail}. A damaged export: rerun "
+            "`python -m launch.train --force_eval` on its work directory to write it again."
+        ) from None
     return serve, input_shape, class_names
 
 
@@ -211,6 +220,8 @@ def classify_files(
         raise ValueError("no image files given (or video files, for a video model).")
     if num_clips < 1:
         raise ValueError(f"num_clips must be >= 1, got {num_clips}.")
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}.")
     serve, input_shape, names = load_export(export_dir)
     results = [FilePrediction(path) for path in paths]
     rows = {}  # index in `results` -> class probabilities
