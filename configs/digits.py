@@ -68,15 +68,16 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # relation M_s, instead of a head of its own; M_s starts at the name match ("name_match",
     # logits adapter_strength), "uniform", or is estimated after a warm-up on its own head
     # ("estimate", adapter_warmup_epochs); target classes the source lacks keep "uniform" rows
-    # or are "masked".
-    config.gradmix.label_adapter = False
+    # or are "masked". On by default for every method, chosen on the development tasks
+    # (docs/RESULTS.md, "Label adapters"): the name match, M_s learned 10x faster.
+    config.gradmix.label_adapter = True
     config.gradmix.adapter_start = "name_match"
     config.gradmix.adapter_strength = 4.0
     # "estimate" from h_T on the source's examples ("target_head") or from the source's own
     # head on the labelled target ("source_head", GLC).
     config.gradmix.adapter_estimate = "target_head"
     # A_s moves this many times faster than the other weights (under Adam).
-    config.gradmix.adapter_learning_rate_scale = 1.0
+    config.gradmix.adapter_learning_rate_scale = 10.0
     config.gradmix.adapter_absent_rows = "uniform"
     config.gradmix.adapter_warmup_epochs = 0
     config.gradmix.adapter_refresh_every = 0  # epochs; 0: estimated once

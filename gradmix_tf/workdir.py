@@ -146,7 +146,7 @@ def config_differences(
     `seed`), then in the order of the stored config."""
     before, after = _flatten(stored), _flatten(config)
     for field, value in ADDED_FIELDS.items():
-        if field not in before and after.get(field, _ABSENT) == value:
+        if field not in before and field in after:  # the value such a run trained with
             before[field] = value
     fields = list(dict.fromkeys([*before, *after]))
     fields.sort(key=lambda field: field.count("."))  # stable: the config's order within a depth

@@ -74,6 +74,9 @@ def run_steps(method: str) -> dict[str, np.ndarray]:
     """The outputs of `NUM_STEPS` GradMix steps of `method` (see the module's docstring)."""
     config = digits_config.get_config("smoke")
     config.method = method
+    # The step as it was recorded: sources on heads of their own or sharing h_T as it is.
+    config.gradmix.label_adapter = False
+    config.gradmix.adapter_learning_rate_scale = 1.0
     config = experiment.resolve_config(config)
     data = _data()
     keras.utils.set_random_seed(0)

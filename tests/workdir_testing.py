@@ -17,6 +17,9 @@ FINISHED_RUN_FILES = {
     "results.json",
     "tensorboard",
     "train_log.csv",
+    # The smoke task's sources (MNIST 0-4, UCI 5-9) predict through label adapters.
+    "label_relation_mnist_0_4.png",
+    "label_relation_uci_digits_5_9.png",
 }
 """What the work directory of a finished smoke run holds, and nothing else."""
 
