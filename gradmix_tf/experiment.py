@@ -261,7 +261,10 @@ def _cut_logs_back(workdir: str, start_step: int, steps_per_epoch: int, mixing_l
         mixing_logger.weights = list(history["weights"][kept])
 
 
-def _callbacks(config, workdir, data, model, start_step=0):
+def algorithm_callbacks(config, data, model, log_dir: str | None = None) -> list:
+    """The callbacks that are part of the method (pseudo-labels, the label relations'
+    estimate, the guard on skipped batches), without the run's logs and checkpoints;
+    `log_dir`: the TensorBoard directory of the label relations (None: not logged)."""
     callbacks = []
     unlabelled = data.target.unlabelled
     if model.num_unlabelled:
@@ -287,9 +290,17 @@ def _callbacks(config, workdir, data, model, start_step=0):
                 estimate=options.adapter_estimate,
                 refresh_every=options.adapter_refresh_every,
                 batch_size=config.train.eval_batch_size,
-                log_dir=os.path.join(workdir, "tensorboard", "label_relations"),
+                log_dir=log_dir,
             )
         )
+    # Before the logs and the checkpoint of an epoch it stops.
+    return callbacks + [SkippedBatchesGuard()]
+
+
+def _callbacks(config, workdir, data, model, start_step=0):
+    callbacks = algorithm_callbacks(
+        config, data, model, os.path.join(workdir, "tensorboard", "label_relations")
+    )
     mixing_logger = MixingWeightsLogger(
         os.path.join(workdir, "tensorboard", "mixing"),
         every_n_steps=config.train.log_every_steps,
@@ -298,7 +309,6 @@ def _callbacks(config, workdir, data, model, start_step=0):
     mixing_logger.set_model(model)
     _cut_logs_back(workdir, start_step, config.train.steps_per_epoch, mixing_logger)
     callbacks += [
-        SkippedBatchesGuard(),  # before the logs and the checkpoint of an epoch it stops
         mixing_logger,
         keras.callbacks.TensorBoard(
             os.path.join(workdir, "tensorboard"), update_freq=config.train.log_every_steps
@@ -365,7 +375,7 @@ def save_label_relations(model: GradMixModel, workdir: str):
         )
 
 
-def _fit(model, data, config, write_dir, start_step):
+def fit(model, data, config, callbacks, start_step: int = 0):
     """Trains from `start_step` to `train.steps`; a non-finite stop is a `TrainingStoppedError`."""
     train = config.train
     try:
@@ -374,7 +384,7 @@ def _fit(model, data, config, write_dir, start_step):
             epochs=train.steps // train.steps_per_epoch,
             initial_epoch=resume_epoch(start_step, train.steps_per_epoch),
             steps_per_epoch=train.steps_per_epoch,
-            callbacks=_callbacks(config, write_dir, data, model, start_step),
+            callbacks=callbacks,
             verbose=train.verbose,
             shuffle=False,  # the data contract shuffles (Keras would warn it ignores shuffle)
         )
@@ -453,7 +463,7 @@ def _train_and_evaluate_opened(config, workdir, stored, overwrite, force_eval) -
     train = config.train
     started = time.time()
     if start_step < train.steps:
-        _fit(model, data, config, write_dir, start_step)
+        fit(model, data, config, _callbacks(config, write_dir, data, model, start_step), start_step)
     train_seconds = time.time() - started
     if finished:  # evaluated again: the training time is the one measured when it trained
         train_seconds = finished.get("train_seconds", train_seconds)

@@ -1,0 +1,475 @@
+"""Which of my sources help? A source audit from the labelled target alone.
+
+Before the long run, a user wants to know which sources to train with, and has no
+labelled test set to spare: only the labelled target (10 images a class, say).
+The audit answers from those labels by k-fold cross-fitting:
+
+- the labelled target is split into `folds` stratified folds (drawn from the
+  seed; every class has at least `MIN_PER_CLASS_PER_FOLD` images in every fold);
+- for each fold, every **candidate** trains a short run (`budget` x the
+  config's `train.steps`, the config's method, network and optimizer) on the
+  other folds' labels, the sources and the unlabelled target, and predicts the
+  held-out fold. The candidates are all sources (`"all"`), and each source
+  left out (`"without:<source>"`); every candidate of a fold has the same
+  training seed, so their predictions are paired;
+- per source, the **change** from leaving it out is the held-out accuracy
+  without it minus with every source, a mean over the folds (and the
+  `repeats`: new folds and training seeds, the same labels), with a 95% t
+  interval over the (repeat, fold) pairs. A fold's runs see another
+  training seed and other held-out images, so the interval holds both
+  sources of noise. The **verdict**: "hurts" (leaving it out helps: the
+  interval is above 0), "helps" (below 0) or "cannot tell at this many
+  labels" (the interval holds 0).
+
+The recommended set leaves out exactly the sources that hurt
+(`recommended_drop_sources`); `launch.train --audit=W` trains on it, only when asked.
+
+An audit directory holds `audit_settings.json` (the config and the audit's
+settings), one JSON file per finished run (`runs/repeat_<r>/fold_<f>/<candidate>.json`,
+the held-out predictions), and `audit.json`, `audit.md` and `audit.png` once it
+ends. A killed audit resumes: a rerun skips the runs it finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import ml_collections
+import numpy as np
+import tensorflow as tf
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from gradmix_tf import distribute, experiment
+from gradmix_tf import workdir as workdirs
+from gradmix_tf.benchmark import paired_gap
+from gradmix_tf.callbacks.mixing_summaries import quiet_missing_glyphs
+from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
+from gradmix_tf.errors import UserError, WorkdirError
+
+DEFAULT_FOLDS = 5
+# The fraction of the config's train.steps each audit run trains (docs/RESULTS.md,
+# "Source audit": the measured trade-off between cost and the verdicts' agreement).
+DEFAULT_BUDGET = 0.25
+MIN_PER_CLASS_PER_FOLD = 2
+ALL = "all"
+HURTS, HELPS, CANNOT_TELL = "hurts", "helps", "cannot tell at this many labels"
+SETTINGS_FILE = "audit_settings.json"
+REPORT_FILES = ("audit.json", "audit.md", "audit.png")
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidate:
+    """One set of sources the audit trains with: `name` ("all", "without:<source>")
+    and the sources it leaves out."""
+
+    name: str
+    drop: tuple[str, ...] = ()
+
+    @property
+    def file_name(self) -> str:
+        return self.name.replace(":", "_") + ".json"
+
+
+def candidates(source_names: Sequence[str]) -> list[Candidate]:
+    """Every source, then each source left out."""
+    return [Candidate(ALL)] + [Candidate(f"without:{s}", (s,)) for s in source_names]
+
+
+def check_folds(labels: np.ndarray, class_names: Sequence[str], folds: int):
+    """Refuses fold counts that leave a class fewer than `MIN_PER_CLASS_PER_FOLD` images
+    in a fold, saying how many folds would work."""
+    counts = np.bincount(labels, minlength=len(class_names))
+    smallest = int(counts.min())
+    fewest = str(class_names[int(counts.argmin())])
+    workable = smallest // MIN_PER_CLASS_PER_FOLD
+    if folds >= 2 and smallest >= folds * MIN_PER_CLASS_PER_FOLD:
+        return
+    advice = (
+        f"use --folds={workable} (or fewer, at least 2)"
+        if workable >= 2
+        else f"label at least {2 * MIN_PER_CLASS_PER_FOLD} images of every class"
+    )
+    raise UserError(
+        f"an audit of {folds} folds needs at least {MIN_PER_CLASS_PER_FOLD} labelled images a "
+        f"class in each fold ({folds * MIN_PER_CLASS_PER_FOLD} a class), but class {fewest!r} "
+        f"has {smallest}: {advice}."
+    )
+
+
+def stratified_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
+    """[N] the fold of each labelled example: each class dealt round the folds in a
+    random order (from `seed`), starting at a random fold."""
+    rng = np.random.default_rng(seed)
+    assignment = np.zeros(len(labels), np.int64)
+    offset = 0
+    for c in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        assignment[members] = (offset + np.arange(len(members))) % folds
+        offset += len(members)  # the next class goes on where this one stopped
+    return assignment
+
+
+def labelled_arrays(stream: LabelledStream) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled stream's examples and labels as numpy arrays."""
+    examples, labels = [], []
+    for x, y in stream.dataset.as_numpy_iterator():
+        examples.append(x)
+        labels.append(y)
+    return np.stack(examples), np.asarray(labels, np.int64)
+
+
+def audit_steps(config: ml_collections.ConfigDict, budget: float) -> int:
+    """The steps of an audit run: `budget` x `train.steps`, in whole epochs (at least one)."""
+    per_epoch = config.train.steps_per_epoch
+    epochs = max(1, round(budget * config.train.steps / per_epoch))
+    return epochs * per_epoch
+
+
+def fold_data(
+    data: MultiStreamData,
+    examples: np.ndarray,
+    labels: np.ndarray,
+    held_out: np.ndarray,
+    drop: Sequence[str],
+) -> MultiStreamData:
+    """The data of one audit run: the labelled target without the held-out fold (`held_out`,
+    a mask), which becomes the test set; the sources but `drop`; the same unlabelled set."""
+    labelled = data.target.labelled
+    kind = "clips" if examples.ndim == 5 else "images"
+
+    def part(name, mask):
+        return LabelledStream.from_arrays(
+            name, examples[mask], labels[mask], labelled.class_names, kind=kind
+        )
+
+    target = TargetSplit(
+        part(labelled.name, ~held_out),
+        data.target.unlabelled,
+        part(f"{labelled.name}_held_out", held_out),
+    )
+    return MultiStreamData([s for s in data.sources if s.name not in drop], target)
+
+
+def run_candidate(
+    config: ml_collections.ConfigDict, data: MultiStreamData, steps: int, seed: int
+) -> np.ndarray:
+    """Trains one audit run (`steps` steps, training seed `seed`) and returns its class
+    probabilities `[N, C]` on the data's test set (the held-out fold)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.seed = seed
+    config.train.steps = steps
+    config.train.checkpoint_every_steps = steps
+    config.train.verbose = 0
+    experiment.seed_everything(config)
+    with distribute.precision_policy(config.train.get("precision", "float32")):
+        model = experiment.build_model(config, data)
+    experiment.fit(model, data, config, experiment.algorithm_callbacks(config, data, model))
+    held_out = data.target.test.dataset.batch(config.train.eval_batch_size)
+    probabilities = model.predict(held_out.map(lambda x, y: x), verbose=0)
+    keras.backend.clear_session()
+    return np.asarray(probabilities, np.float64)
+
+
+def _settings(config, folds, budget, repeats) -> dict:
+    return {
+        "config": workdirs.config_as_dict(config),
+        "folds": folds,
+        "budget": budget,
+        "repeats": repeats,
+    }
+
+
+def _check_settings(workdir: str, settings: dict, overwrite: bool):
+    """Refuses a directory that is not an audit's, or holds an audit of other settings."""
+    path = os.path.join(workdir, SETTINGS_FILE)
+    if os.path.exists(path):
+        with open(path) as f:
+            stored = json.load(f)
+        if stored == json.loads(json.dumps(workdirs.json_safe(settings))) or overwrite:
+            return
+        differing = [k for k in ("folds", "budget", "repeats") if stored.get(k) != settings[k]]
+        differing += ["config"] if stored.get("config") != settings["config"] else []
+        raise WorkdirError(
+            f"{workdir} holds an audit of other settings ({', '.join(differing)} differ): use "
+            "another --workdir, or --overwrite to delete it and start afresh."
+        )
+    if os.path.isdir(workdir) and set(os.listdir(workdir)) - {workdirs.LOCK_FILE}:
+        raise WorkdirError(
+            f"{workdir} has files but no {SETTINGS_FILE}: it is not an audit directory. Give "
+            "a new or empty directory."
+        )
+
+
+def run_audit(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    folds: int = DEFAULT_FOLDS,
+    budget: float = DEFAULT_BUDGET,
+    repeats: int = 1,
+    overwrite: bool = False,
+    progress: Callable[[str], None] = print,
+) -> dict:
+    """Audits the config's sources in `workdir` (module docstring) and writes the report.
+
+    Args:
+        config: a config as `launch.train` takes it; the audit trains its method.
+        folds: the cross-fitting folds of the labelled target.
+        budget: the fraction of `train.steps` an audit run trains (0 < budget <= 1).
+        repeats: audits on new folds and training seeds, pooled (the same labels).
+        overwrite: delete an audit of other settings in `workdir` and start afresh.
+        progress: called with one line per finished run (and its ETA).
+
+    Returns:
+        the report (`audit.json`): the per-source changes and verdicts, and the
+        recommended sources to leave out.
+
+    Raises:
+        UserError: too few labels for `folds`, no source, a budget outside (0, 1], a
+            directory in use or of another audit.
+    """
+    if not 0.0 < budget <= 1.0:
+        raise UserError(f"--budget is a fraction of train.steps in (0, 1], got {budget}.")
+    if repeats < 1:
+        raise UserError(f"--repeats must be at least 1, got {repeats}.")
+    config = experiment.resolve_config(config)
+    if not config.data.use_sources:
+        raise UserError(f"method {config.method!r} trains without sources: nothing to audit.")
+    data = experiment.build_data(config)
+    if not data.sources:
+        raise UserError(
+            "the task has no source (or data.drop_sources leaves none): nothing to audit."
+        )
+    examples, labels = labelled_arrays(data.target.labelled)
+    check_folds(labels, data.target_class_names, folds)
+    settings = _settings(config, folds, budget, repeats)
+    workdirs.check_is_directory(workdir)
+    descriptor, left_by = workdirs.acquire_lock(workdir)
+    try:
+        _check_settings(workdir, settings, overwrite)
+        workdirs.log_taken_over(workdir, left_by)
+        if overwrite:
+            shutil.rmtree(os.path.join(workdir, "runs"), ignore_errors=True)
+            for name in (SETTINGS_FILE, *REPORT_FILES):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(workdir, name))
+        workdirs.write_json(os.path.join(workdir, SETTINGS_FILE), settings)
+        with _quiet_retracing():
+            records = _run_all(config, data, examples, labels, settings, workdir, progress)
+        report = summarize_audit(records, [s.name for s in data.sources], settings)
+        write_report(report, workdir)
+    finally:
+        if descriptor is not None:
+            workdirs.release_lock(workdir, descriptor)
+    return report
+
+
+@contextlib.contextmanager
+def _quiet_retracing():
+    """Silences TensorFlow's retracing warning: every audit run builds a new model, so its
+    functions are traced anew by design."""
+
+    def keep(record):
+        return "triggered tf.function retracing" not in record.getMessage()
+
+    logger = tf.get_logger()
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _run_all(config, data, examples, labels, settings, workdir, progress) -> list[dict]:
+    """Every (repeat, fold, candidate) run, each loaded when finished before, else trained."""
+    folds, repeats = settings["folds"], settings["repeats"]
+    steps = audit_steps(config, settings["budget"])
+    todo = [
+        (r, f, c)
+        for r in range(repeats)
+        for f in range(folds)
+        for c in candidates([s.name for s in data.sources])
+    ]
+    records, durations = [], []
+    for index, (r, f, candidate) in enumerate(todo):
+        directory = os.path.join(workdir, "runs", f"repeat_{r}", f"fold_{f}")
+        path = os.path.join(directory, candidate.file_name)
+        if os.path.exists(path):
+            with open(path) as file:
+                records.append(json.load(file))
+            continue
+        assignment = stratified_folds(labels, folds, seed=config.seed + 1000 * r)
+        held_out = assignment == f
+        started = time.time()
+        probabilities = run_candidate(
+            config,
+            fold_data(data, examples, labels, held_out, candidate.drop),
+            steps,
+            seed=config.seed + 1000 * r + f,
+        )
+        record = {
+            "repeat": r,
+            "fold": f,
+            "candidate": candidate.name,
+            "examples": np.flatnonzero(held_out).tolist(),
+            "correct": (probabilities.argmax(axis=1) == labels[held_out]).astype(int).tolist(),
+            "true_class_probability": probabilities[np.arange(held_out.sum()), labels[held_out]]
+            .round(6)
+            .tolist(),
+            "seconds": round(time.time() - started, 2),
+        }
+        os.makedirs(directory, exist_ok=True)
+        workdirs.write_json(path, record)
+        records.append(record)
+        durations.append(record["seconds"])
+        left = (len(todo) - index - 1) * float(np.mean(durations))
+        progress(
+            f"[{index + 1}/{len(todo)}] repeat {r} fold {f} {candidate.name}: held-out accuracy "
+            f"{np.mean(record['correct']):.3f} ({record['seconds']:.0f} s); about "
+            f"{left / 60:.1f} min left"
+        )
+    return records
+
+
+def verdict(ci_low: float, ci_high: float) -> str:
+    """`HURTS` when leaving the source out gains (the whole interval above 0), `HELPS`
+    when it loses, else `CANNOT_TELL` (an interval that cannot be computed included)."""
+    if ci_low > 0:
+        return HURTS
+    if ci_high < 0:
+        return HELPS
+    return CANNOT_TELL
+
+
+def summarize_audit(records: Sequence[dict], source_names: Sequence[str], settings: dict) -> dict:
+    """The report of an audit's runs: per source the paired change from leaving it out.
+
+    Each (repeat, fold) gives one paired difference, the held-out accuracy without
+    the source minus with every source; their mean and 95% t interval
+    (`benchmark.paired_gap`) make the change, and the interval the verdict.
+    """
+    accuracy = {
+        (r["repeat"], r["fold"], r["candidate"]): float(np.mean(r["correct"])) for r in records
+    }
+    pairs = sorted({(r, f) for r, f, _ in accuracy})
+    sources = {}
+    for name in source_names:
+        kept = [p for p in pairs if (*p, f"without:{name}") in accuracy and (*p, ALL) in accuracy]
+        gap = paired_gap(
+            [accuracy[(*p, f"without:{name}")] for p in kept], [accuracy[(*p, ALL)] for p in kept]
+        )
+        sources[name] = {
+            "change_without": gap["gap"],
+            "ci_low": gap["ci_low"],
+            "ci_high": gap["ci_high"],
+            "verdict": verdict(gap["ci_low"], gap["ci_high"]),
+            "folds_ahead_without": gap["wins"],
+            "pairs": len(kept),
+        }
+    all_accuracy = [accuracy[(*p, ALL)] for p in pairs if (*p, ALL) in accuracy]
+    config = settings["config"]
+    return {
+        "task": config["data"]["task"],
+        "method": config["method"],
+        "seed": config["seed"],
+        "folds": settings["folds"],
+        "budget": settings["budget"],
+        "repeats": settings["repeats"],
+        "labelled_examples": len(
+            {e for r in records if r["candidate"] == ALL for e in r["examples"]}
+        ),
+        "held_out_accuracy_all": float(np.mean(all_accuracy)) if all_accuracy else float("nan"),
+        "audit_seconds": round(sum(r["seconds"] for r in records), 1),
+        "sources": sources,
+        "recommended_drop_sources": [n for n, s in sources.items() if s["verdict"] == HURTS],
+    }
+
+
+def recommended_drop_sources(workdir: str) -> tuple[str, ...]:
+    """The sources a finished audit in `workdir` recommends leaving out."""
+    return tuple(load_report(workdir)["recommended_drop_sources"])
+
+
+def load_report(workdir: str) -> dict:
+    """A finished audit's `audit.json`; a `UserError` when there is none."""
+    path = os.path.join(workdir, "audit.json")
+    if not os.path.exists(path):
+        raise UserError(
+            f"no finished audit in {workdir} (no audit.json): run python -m launch.audit "
+            f"--config=... --workdir={workdir} first (a killed audit resumes)."
+        )
+    with open(path) as f:
+        return json.load(f)
+
+
+def audit_markdown(report: dict) -> str:
+    """The report a person reads: a row per source, its change, interval and verdict."""
+    lines = [
+        f"# Source audit: {report['task']}, method {report['method']}, seed {report['seed']}",
+        "",
+        f"{report['labelled_examples']} labelled target images in {report['folds']} folds"
+        f" x {report['repeats']} repeat(s); each run trains {report['budget']:g} of the"
+        f" config's steps. Held-out accuracy with every source: "
+        f"{report['held_out_accuracy_all']:.3f}.",
+        "",
+        "| source | accuracy change without it [95% CI] | verdict |",
+        "|---|---|---|",
+    ]
+    for name, s in sorted(report["sources"].items(), key=lambda item: -item[1]["change_without"]):
+        lines.append(
+            f"| {name} | {s['change_without']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}] "
+            f"| {s['verdict']} |"
+        )
+    drop = report["recommended_drop_sources"]
+    lines += [
+        "",
+        "A source **hurts** when leaving it out gains held-out accuracy with the whole "
+        "interval above 0, **helps** when it loses; otherwise this many labels cannot tell "
+        "(a bigger --budget, more --repeats or more labels narrow the interval).",
+        "",
+        "Recommended: "
+        + (f"leave out {', '.join(drop)}." if drop else "keep every source.")
+        + " Train on it with `python -m launch.train --config=... --workdir=... --audit=<this "
+        "directory>`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+@quiet_missing_glyphs()
+def plot_audit(report: dict, path: str):
+    """A bar a source: the change without it, with its 95% interval."""
+    names = sorted(report["sources"], key=lambda n: report["sources"][n]["change_without"])
+    figure = Figure(figsize=(6.5, 1.2 + 0.45 * len(names)))
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    colours = {HURTS: "tab:red", HELPS: "tab:green", CANNOT_TELL: "tab:grey"}
+    for y, name in enumerate(names):
+        s = report["sources"][name]
+        low, high = s["ci_low"], s["ci_high"]
+        errors = (
+            None
+            if not np.isfinite([low, high]).all()
+            else [[s["change_without"] - low], [high - s["change_without"]]]
+        )
+        axes.barh(y, s["change_without"], color=colours[s["verdict"]], xerr=errors, capsize=3)
+    axes.set_yticks(range(len(names)), names, fontsize=8)
+    axes.axvline(0.0, color="black", linewidth=0.8)
+    axes.set_xlabel("held-out accuracy change without the source (red: hurts, green: helps)")
+    axes.set_title(f"source audit: {report['task']}, seed {report['seed']}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def write_report(report: dict, workdir: str):
+    """Writes `audit.json`, `audit.md` and `audit.png` in `workdir`."""
+    workdirs.write_json(os.path.join(workdir, "audit.json"), report)
+    with open(os.path.join(workdir, "audit.md"), "w") as f:
+        f.write(audit_markdown(report))
+    plot_audit(report, os.path.join(workdir, "audit.png"))
