@@ -392,9 +392,29 @@ def summarize_audit(records: Sequence[dict], source_names: Sequence[str], settin
     }
 
 
-def recommended_drop_sources(workdir: str) -> tuple[str, ...]:
-    """The sources a finished audit in `workdir` recommends leaving out."""
-    return tuple(load_report(workdir)["recommended_drop_sources"])
+def with_recommendation(
+    config: ml_collections.ConfigDict, workdir: str
+) -> ml_collections.ConfigDict:
+    """A copy of `config` that leaves out the sources the finished audit in `workdir`
+    found to hurt (`data.drop_sources`, added to any already left out).
+
+    Raises:
+        UserError: no finished audit there, or an audit of another task or seed (the
+            seed draws the labelled target the audit judged the sources on).
+    """
+    report = load_report(workdir)
+    for field, value in (("task", config.data.task), ("seed", config.seed)):
+        if report[field] != value:
+            raise UserError(
+                f"the audit in {workdir} is of {field} {report[field]!r}, the config's is "
+                f"{value!r}: audit this config first (python -m launch.audit)."
+            )
+    config = ml_collections.ConfigDict(config.to_dict())
+    dropped = tuple(config.data.get("drop_sources") or ())
+    config.data.drop_sources = dropped + tuple(
+        s for s in report["recommended_drop_sources"] if s not in dropped
+    )
+    return config
 
 
 def load_report(workdir: str) -> dict:

@@ -4,6 +4,7 @@ r"""Trains GradMix (or a baseline) from a config, evaluates it and exports the t
     python -m launch.train --config=configs/digits.py:smoke --workdir=/tmp/smoke \
         --config.method=joint --config.seed=1
     python -m launch.train --config=configs/digits.py --workdir=runs/digits --distribute=mirrored
+    python -m launch.train --config=configs/digits.py --workdir=runs/digits --audit=runs/audit
     TF_CONFIG='{"cluster": {"worker": ["host1:2222", "host2:2222"]}, "task": {"type": "worker",
         "index": 0}}' python -m launch.train --config=configs/digits.py --workdir=/shared/run \
         --distribute=multi_worker          # the same on host2 with "index": 1
@@ -25,7 +26,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from gradmix_tf import distribute, experiment
+from gradmix_tf import audit, distribute, experiment
 from gradmix_tf import workdir as workdirs
 from launch import errors
 
@@ -48,6 +49,12 @@ _OVERWRITE = flags.DEFINE_boolean(
 _FORCE_EVAL = flags.DEFINE_boolean(
     "force_eval", False, "A finished run: evaluate and export it again (results.json rewritten)."
 )
+_AUDIT = flags.DEFINE_string(
+    "audit",
+    None,
+    "A finished audit's directory (python -m launch.audit): train without the sources it "
+    "found to hurt (added to config.data.drop_sources).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -57,6 +64,10 @@ def main(argv):
     config = _CONFIG.value
     if _DISTRIBUTE.value is not None:
         config.train.distribute = _DISTRIBUTE.value
+    if _AUDIT.value is not None:
+        config = audit.with_recommendation(config, os.path.expanduser(_AUDIT.value))
+        dropped = tuple(config.data.drop_sources)
+        print(f"audit {_AUDIT.value}: leaving out {', '.join(dropped) or 'no source'}")
     results = experiment.train_and_evaluate(
         config,
         os.path.expanduser(_WORKDIR.value),

@@ -34,6 +34,7 @@ STAGES = (
     "experiment",  # top-level module: one experiment from a config
     "benchmark",  # top-level module: many experiments
     "source_study",  # top-level module: source usefulness against mixing weights
+    "audit",  # top-level module: which sources help, from the labelled target alone
 )
 """Subpackages and top-level modules of gradmix_tf, in the order the data flows.
 
