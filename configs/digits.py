@@ -73,6 +73,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # or are "masked". On by default for every method, chosen on the development tasks
     # (docs/RESULTS.md, "Label adapters"): the name match, M_s learned 10x faster.
     config.gradmix.label_adapter = True
+    config.gradmix.adapter_sources = ()  # only these sources by name; () every one
     config.gradmix.adapter_start = "name_match"
     config.gradmix.adapter_strength = 4.0
     # "estimate" from h_T on the source's examples ("target_head") or from the source's own

@@ -9,9 +9,12 @@ The audit answers from those labels by k-fold cross-fitting:
 - for each fold, every **candidate** trains a short run (`budget` x the
   config's `train.steps`, the config's method, network and optimizer) on the
   other folds' labels, the sources and the unlabelled target, and predicts the
-  held-out fold. The candidates are all sources (`"all"`), and each source
-  left out (`"without:<source>"`); every candidate of a fold has the same
-  training seed, so their predictions are paired;
+  held-out fold. The candidates are all sources (`"all"`), each source left
+  out (`"without:<source>"`) and, for each source with classes of the
+  target's that the config shares as labelled (no label adapter), the same
+  source with its label relation learned (`"learned:<source>"`); every
+  candidate of a fold has the same training seed, so their predictions are
+  paired;
 - per source, the **change** from leaving it out is the held-out accuracy
   without it minus with every source, a mean over the folds (and the
   `repeats`: new folds and training seeds, the same labels), with a 95% t
@@ -21,8 +24,9 @@ The audit answers from those labels by k-fold cross-fitting:
   interval is above 0), "helps" (below 0) or "cannot tell at this many
   labels" (the interval holds 0).
 
-The recommended set leaves out exactly the sources that hurt
-(`recommended_drop_sources`); `launch.train --audit=W` trains on it, only when asked.
+The recommendation leaves out the sources that hurt and learns the label relation of
+those that gain from it (per source the larger gain of the two, each with its interval
+above 0); `launch.train --audit=W` trains on it, only when asked.
 
 An audit directory holds `audit_settings.json` (the config and the audit's
 settings), one JSON file per finished run (`runs/repeat_<r>/fold_<f>/<candidate>.json`,
@@ -53,6 +57,7 @@ from gradmix_tf.benchmark import paired_gap
 from gradmix_tf.callbacks.mixing_summaries import quiet_missing_glyphs
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
 from gradmix_tf.errors import UserError, WorkdirError
+from gradmix_tf.networks.label_adapter import matched_classes
 
 DEFAULT_FOLDS = 5
 # The fraction of the config's train.steps each audit run trains (docs/RESULTS.md,
@@ -67,20 +72,56 @@ REPORT_FILES = ("audit.json", "audit.md", "audit.png")
 
 @dataclasses.dataclass(frozen=True)
 class Candidate:
-    """One set of sources the audit trains with: `name` ("all", "without:<source>")
-    and the sources it leaves out."""
+    """One way the audit trains: `name` ("all", "without:<source>", "learned:<source>"),
+    the sources it leaves out and the label adapters' options it sets (`gradmix.<field>`)."""
 
     name: str
     drop: tuple[str, ...] = ()
+    adapters: tuple[tuple[str, object], ...] = ()
 
     @property
     def file_name(self) -> str:
         return self.name.replace(":", "_") + ".json"
 
+    def configured(self, config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+        """A copy of `config` with this candidate's label adapter options."""
+        config = ml_collections.ConfigDict(config.to_dict())
+        for field, value in self.adapters:
+            config.gradmix[field] = value
+        return config
 
-def candidates(source_names: Sequence[str]) -> list[Candidate]:
-    """Every source, then each source left out."""
-    return [Candidate(ALL)] + [Candidate(f"without:{s}", (s,)) for s in source_names]
+
+def shared_label_sources(config: ml_collections.ConfigDict, data: MultiStreamData) -> list[str]:
+    """The sources with classes of the target's that the config gives no label adapter:
+    they predict through h_T as their labels stand (or on a head of their own)."""
+    adapted = config.gradmix.get("label_adapter", False)
+    only = tuple(config.gradmix.get("adapter_sources") or ())
+    shared = []
+    for source in data.sources:
+        matches = matched_classes(
+            data.target_class_names, source.class_names, source.label_relation
+        )
+        if (matches >= 0).any() and not (adapted and (not only or source.name in only)):
+            shared.append(source.name)
+    return shared
+
+
+def candidates(config: ml_collections.ConfigDict, data: MultiStreamData) -> list[Candidate]:
+    """Every source; each source left out; each source with classes of the target's that
+    the config shares as labelled, with its label relation learned instead."""
+    names = [s.name for s in data.sources]
+    found = [Candidate(ALL)] + [Candidate(f"without:{s}", (s,)) for s in names]
+    adapted = config.gradmix.get("label_adapter", False)
+    only = tuple(config.gradmix.get("adapter_sources") or ())
+    for name in shared_label_sources(config, data):
+        sources = (*only, name) if adapted else (name,)
+        found.append(
+            Candidate(
+                f"learned:{name}",
+                adapters=(("label_adapter", True), ("adapter_sources", sources)),
+            )
+        )
+    return found
 
 
 def check_folds(labels: np.ndarray, class_names: Sequence[str], folds: int):
@@ -292,10 +333,7 @@ def _run_all(config, data, examples, labels, settings, workdir, progress) -> lis
     folds, repeats = settings["folds"], settings["repeats"]
     steps = audit_steps(config, settings["budget"])
     todo = [
-        (r, f, c)
-        for r in range(repeats)
-        for f in range(folds)
-        for c in candidates([s.name for s in data.sources])
+        (r, f, c) for r in range(repeats) for f in range(folds) for c in candidates(config, data)
     ]
     records, durations = [], []
     for index, (r, f, candidate) in enumerate(todo):
@@ -309,7 +347,7 @@ def _run_all(config, data, examples, labels, settings, workdir, progress) -> lis
         held_out = assignment == f
         started = time.time()
         probabilities = run_candidate(
-            config,
+            candidate.configured(config),
             fold_data(data, examples, labels, held_out, candidate.drop),
             steps,
             seed=config.seed + 1000 * r + f,
@@ -348,33 +386,83 @@ def verdict(ci_low: float, ci_high: float) -> str:
     return CANNOT_TELL
 
 
-def summarize_audit(records: Sequence[dict], source_names: Sequence[str], settings: dict) -> dict:
-    """The report of an audit's runs: per source the paired change from leaving it out.
+def paired_change(records: Sequence[dict], candidate: str, statistic: str = "folds") -> dict:
+    """The held-out change of `candidate` against every source ("all"), paired.
 
-    Each (repeat, fold) gives one paired difference, the held-out accuracy without
-    the source minus with every source; their mean and 95% t interval
-    (`benchmark.paired_gap`) make the change, and the interval the verdict.
+    Args:
+        records: an audit's runs (each: repeat, fold, candidate, correct, ...).
+        statistic: how the 95% interval is taken: "folds", a t interval over the
+            (repeat, fold) accuracy differences; "images", a normal interval over the
+            held-out images' paired differences of being right; "probability", the
+            same over the true class's predicted probability (its change, not the
+            accuracy's, is then the interval's centre).
+
+    Returns:
+        {"change": the mean accuracy change, "ci_low", "ci_high", "pairs": (repeat,
+        fold) pairs both ran, "folds_ahead": pairs where the candidate is ahead}.
     """
-    accuracy = {
-        (r["repeat"], r["fold"], r["candidate"]): float(np.mean(r["correct"])) for r in records
-    }
-    pairs = sorted({(r, f) for r, f, _ in accuracy})
-    sources = {}
-    for name in source_names:
-        kept = [p for p in pairs if (*p, f"without:{name}") in accuracy and (*p, ALL) in accuracy]
+    runs = {(r["repeat"], r["fold"], r["candidate"]): r for r in records}
+    pairs = sorted((r, f) for r, f, c in runs if c == ALL and (r, f, candidate) in runs)
+    if statistic == "folds":
         gap = paired_gap(
-            [accuracy[(*p, f"without:{name}")] for p in kept], [accuracy[(*p, ALL)] for p in kept]
+            [float(np.mean(runs[(*p, candidate)]["correct"])) for p in pairs],
+            [float(np.mean(runs[(*p, ALL)]["correct"])) for p in pairs],
         )
-        sources[name] = {
-            "change_without": gap["gap"],
-            "ci_low": gap["ci_low"],
-            "ci_high": gap["ci_high"],
-            "verdict": verdict(gap["ci_low"], gap["ci_high"]),
-            "folds_ahead_without": gap["wins"],
-            "pairs": len(kept),
-        }
-    all_accuracy = [accuracy[(*p, ALL)] for p in pairs if (*p, ALL) in accuracy]
+        centre, low, high = gap["gap"], gap["ci_low"], gap["ci_high"]
+    else:
+        field = "correct" if statistic == "images" else "true_class_probability"
+        differences = (
+            np.concatenate(
+                [np.subtract(runs[(*p, candidate)][field], runs[(*p, ALL)][field]) for p in pairs]
+            )
+            if pairs
+            else np.zeros([0])
+        )
+        n = len(differences)
+        centre = float(differences.mean()) if n else float("nan")
+        half = 1.96 * differences.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
+        low, high = centre - half, centre + half
+        gap = paired_gap(
+            [float(np.mean(runs[(*p, candidate)]["correct"])) for p in pairs],
+            [float(np.mean(runs[(*p, ALL)]["correct"])) for p in pairs],
+        )
+    return {
+        "change": gap["gap"],
+        "interval_of": statistic,
+        "ci_low": low,
+        "ci_high": high,
+        "interval_centre": centre,
+        "pairs": len(pairs),
+        "folds_ahead": gap["wins"],
+    }
+
+
+def summarize_audit(
+    records: Sequence[dict],
+    source_names: Sequence[str],
+    settings: dict,
+    statistic: str = "folds",
+) -> dict:
+    """The report of an audit's runs: per source the paired change from leaving it out
+    (`paired_change`, its interval the verdict) and, where it was run, from learning its
+    label relation; the recommendation takes, per source, the better of the two that
+    gains with the whole interval above 0 (neither: the source stays as it is)."""
+    ran = {r["candidate"] for r in records}
+    sources, drop, learn = {}, [], []
+    for name in source_names:
+        without = paired_change(records, f"without:{name}", statistic)
+        entry = {**without, "verdict": verdict(without["ci_low"], without["ci_high"])}
+        options = [(without["change"], "drop")] if entry["verdict"] == HURTS else []
+        if f"learned:{name}" in ran:
+            learned = paired_change(records, f"learned:{name}", statistic)
+            entry["learned"] = learned
+            if learned["ci_low"] > 0:
+                options.append((learned["change"], "learn"))
+        sources[name] = entry
+        if options:
+            (drop if max(options)[1] == "drop" else learn).append(name)
     config = settings["config"]
+    all_accuracy = [float(np.mean(r["correct"])) for r in records if r["candidate"] == ALL]
     return {
         "task": config["data"]["task"],
         "method": config["method"],
@@ -388,15 +476,18 @@ def summarize_audit(records: Sequence[dict], source_names: Sequence[str], settin
         "held_out_accuracy_all": float(np.mean(all_accuracy)) if all_accuracy else float("nan"),
         "audit_seconds": round(sum(r["seconds"] for r in records), 1),
         "sources": sources,
-        "recommended_drop_sources": [n for n, s in sources.items() if s["verdict"] == HURTS],
+        "recommended_drop_sources": drop,
+        "recommended_learned_relations": learn,
     }
 
 
 def with_recommendation(
     config: ml_collections.ConfigDict, workdir: str
 ) -> ml_collections.ConfigDict:
-    """A copy of `config` that leaves out the sources the finished audit in `workdir`
-    found to hurt (`data.drop_sources`, added to any already left out).
+    """A copy of `config` that follows the finished audit in `workdir`: the sources it
+    found to hurt are left out (`data.drop_sources`, added to any already left out), and
+    those it found better with their label relation learned get a label adapter
+    (`gradmix.label_adapter`, `gradmix.adapter_sources`).
 
     Raises:
         UserError: no finished audit there, or an audit of another task or seed (the
@@ -414,6 +505,12 @@ def with_recommendation(
     config.data.drop_sources = dropped + tuple(
         s for s in report["recommended_drop_sources"] if s not in dropped
     )
+    learn = tuple(report.get("recommended_learned_relations") or ())
+    if learn:  # as the audit's "learned:<source>" candidates trained
+        only = tuple(config.gradmix.get("adapter_sources") or ())
+        adapted = config.gradmix.get("label_adapter", False)
+        config.gradmix.adapter_sources = (*only, *learn) if adapted else learn
+        config.gradmix.label_adapter = True
     return config
 
 
@@ -429,8 +526,13 @@ def load_report(workdir: str) -> dict:
         return json.load(f)
 
 
+def _interval(entry: dict) -> str:
+    return f"{entry['change']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
+
+
 def audit_markdown(report: dict) -> str:
     """The report a person reads: a row per source, its change, interval and verdict."""
+    learned = any("learned" in s for s in report["sources"].values())
     lines = [
         f"# Source audit: {report['task']}, method {report['method']}, seed {report['seed']}",
         "",
@@ -439,15 +541,18 @@ def audit_markdown(report: dict) -> str:
         f" config's steps. Held-out accuracy with every source: "
         f"{report['held_out_accuracy_all']:.3f}.",
         "",
-        "| source | accuracy change without it [95% CI] | verdict |",
-        "|---|---|---|",
+        "| source | accuracy change without it [95% CI] | verdict |"
+        + (" change with its label relation learned [95% CI] |" if learned else ""),
+        "|---|---|---|" + ("---|" if learned else ""),
     ]
-    for name, s in sorted(report["sources"].items(), key=lambda item: -item[1]["change_without"]):
-        lines.append(
-            f"| {name} | {s['change_without']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}] "
-            f"| {s['verdict']} |"
-        )
-    drop = report["recommended_drop_sources"]
+    for name, s in sorted(report["sources"].items(), key=lambda item: -item[1]["change"]):
+        row = f"| {name} | {_interval(s)} | {s['verdict']} |"
+        if learned:
+            row += f" {_interval(s['learned'])} |" if "learned" in s else " |"
+        lines.append(row)
+    drop, learn = report["recommended_drop_sources"], report["recommended_learned_relations"]
+    advice = [f"leave out {', '.join(drop)}"] if drop else []
+    advice += [f"learn the label relation of {', '.join(learn)}"] if learn else []
     lines += [
         "",
         "A source **hurts** when leaving it out gains held-out accuracy with the whole "
@@ -455,7 +560,7 @@ def audit_markdown(report: dict) -> str:
         "(a bigger --budget, more --repeats or more labels narrow the interval).",
         "",
         "Recommended: "
-        + (f"leave out {', '.join(drop)}." if drop else "keep every source.")
+        + ("; ".join(advice) + "." if advice else "keep every source as it is.")
         + " Train on it with `python -m launch.train --config=... --workdir=... --audit=<this "
         "directory>`.",
     ]
@@ -465,7 +570,7 @@ def audit_markdown(report: dict) -> str:
 @quiet_missing_glyphs()
 def plot_audit(report: dict, path: str):
     """A bar a source: the change without it, with its 95% interval."""
-    names = sorted(report["sources"], key=lambda n: report["sources"][n]["change_without"])
+    names = sorted(report["sources"], key=lambda n: report["sources"][n]["change"])
     figure = Figure(figsize=(6.5, 1.2 + 0.45 * len(names)))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -473,12 +578,10 @@ def plot_audit(report: dict, path: str):
     for y, name in enumerate(names):
         s = report["sources"][name]
         low, high = s["ci_low"], s["ci_high"]
-        errors = (
-            None
-            if not np.isfinite([low, high]).all()
-            else [[s["change_without"] - low], [high - s["change_without"]]]
-        )
-        axes.barh(y, s["change_without"], color=colours[s["verdict"]], xerr=errors, capsize=3)
+        errors = None
+        if np.isfinite([low, high]).all():
+            errors = [[max(s["change"] - low, 0.0)], [max(high - s["change"], 0.0)]]
+        axes.barh(y, s["change"], color=colours[s["verdict"]], xerr=errors, capsize=3)
     axes.set_yticks(range(len(names)), names, fontsize=8)
     axes.axvline(0.0, color="black", linewidth=0.8)
     axes.set_xlabel("held-out accuracy change without the source (red: hurts, green: helps)")

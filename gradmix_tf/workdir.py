@@ -117,6 +117,7 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 ADDED_FIELDS = {
     "gradmix.label_adapter": False,
+    "gradmix.adapter_sources": [],
     "gradmix.adapter_start": "name_match",
     "gradmix.adapter_strength": 4.0,
     "gradmix.adapter_estimate": "target_head",

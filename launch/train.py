@@ -52,8 +52,8 @@ _FORCE_EVAL = flags.DEFINE_boolean(
 _AUDIT = flags.DEFINE_string(
     "audit",
     None,
-    "A finished audit's directory (python -m launch.audit): train without the sources it "
-    "found to hurt (added to config.data.drop_sources).",
+    "A finished audit's directory (python -m launch.audit): train as it recommends, without "
+    "the sources it found to hurt and with the label relations it found worth learning.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -67,7 +67,11 @@ def main(argv):
     if _AUDIT.value is not None:
         config = audit.with_recommendation(config, os.path.expanduser(_AUDIT.value))
         dropped = tuple(config.data.drop_sources)
-        print(f"audit {_AUDIT.value}: leaving out {', '.join(dropped) or 'no source'}")
+        learned = tuple(config.gradmix.adapter_sources) if config.gradmix.label_adapter else ()
+        print(
+            f"audit {_AUDIT.value}: leaving out {', '.join(dropped) or 'no source'}"
+            + (f"; label adapters for {', '.join(learned)}" if learned else "")
+        )
     results = experiment.train_and_evaluate(
         config,
         os.path.expanduser(_WORKDIR.value),

@@ -10,6 +10,7 @@ import pytest
 
 from configs import digits
 from gradmix_tf import audit
+from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
 from gradmix_tf.errors import UserError, WorkdirError
 from tests.workdir_testing import output_of, run_launcher
 
@@ -77,9 +78,9 @@ def test_the_change_without_a_source_is_paired_by_fold_and_judged_by_its_interva
     settings = {"config": _config().to_dict(), "folds": 4, "budget": 0.25, "repeats": 1}
     report = audit.summarize_audit(records, ["noisy", "useful", "either"], settings)
     sources = report["sources"]
-    assert sources["noisy"]["change_without"] == pytest.approx(0.3)
+    assert sources["noisy"]["change"] == pytest.approx(0.3)
     assert sources["noisy"]["verdict"] == audit.HURTS
-    assert sources["useful"]["change_without"] == pytest.approx(-0.3)
+    assert sources["useful"]["change"] == pytest.approx(-0.3)
     assert sources["useful"]["verdict"] == audit.HELPS
     assert sources["either"]["verdict"] == audit.CANNOT_TELL
     assert sources["either"]["ci_low"] < 0 < sources["either"]["ci_high"]
@@ -159,7 +160,13 @@ def test_an_audit_with_too_few_labels_a_fold_stops_before_training(tmp_path):
 
 
 def _report(workdir, **fields):
-    report = {"task": TASK, "seed": 0, "recommended_drop_sources": ["shades"], **fields}
+    report = {
+        "task": TASK,
+        "seed": 0,
+        "recommended_drop_sources": ["shades"],
+        "recommended_learned_relations": [],
+        **fields,
+    }
     os.makedirs(workdir, exist_ok=True)
     with open(os.path.join(workdir, "audit.json"), "w") as f:
         json.dump(report, f)
@@ -213,3 +220,70 @@ def test_launchers_audit_then_train_on_the_recommendation(tmp_path):
     assert f"leaving out {', '.join(recommended) or 'no source'}" in trained.stdout
     with open(os.path.join(run_dir, "config.json")) as f:
         assert json.load(f)["data"]["drop_sources"] == recommended
+
+
+def test_training_on_the_recommendation_learns_the_relations_it_found_worth_it(tmp_path):
+    _report(str(tmp_path), recommended_drop_sources=[], recommended_learned_relations=["b"])
+    config = _config()
+    config.gradmix.label_adapter = False
+    followed = audit.with_recommendation(config, str(tmp_path))
+    assert followed.gradmix.label_adapter and tuple(followed.gradmix.adapter_sources) == ("b",)
+    config.gradmix.label_adapter, config.gradmix.adapter_sources = True, ("a",)
+    followed = audit.with_recommendation(config, str(tmp_path))
+    assert tuple(followed.gradmix.adapter_sources) == ("a", "b")
+
+
+def _labelled(name, classes):
+    images = np.zeros([len(classes) * 2, 8, 8, 3], np.uint8)
+    return LabelledStream.from_arrays(name, images, np.tile(np.arange(len(classes)), 2), classes)
+
+
+def test_sources_shared_as_labelled_get_a_learned_relation_candidate():
+    target = TargetSplit(
+        _labelled("target", ("a", "b", "c")), None, _labelled("target_test", ("a", "b", "c"))
+    )
+    data = MultiStreamData(
+        [_labelled("same", ("a", "b", "c")), _labelled("part", ("c",)), _labelled("x", ("x",))],
+        target,
+    )
+    config = _config()
+    config.gradmix.label_adapter = False
+    names = [c.name for c in audit.candidates(config, data)]
+    assert names == [
+        "all",
+        "without:same",
+        "without:part",
+        "without:x",
+        "learned:same",
+        "learned:part",
+    ]
+    learned = audit.candidates(config, data)[-1].configured(config)
+    assert learned.gradmix.label_adapter and tuple(learned.gradmix.adapter_sources) == ("part",)
+    config.gradmix.label_adapter = True  # every such source learns its relation already
+    assert [c.name for c in audit.candidates(config, data)][-1] == "without:x"
+    config.gradmix.adapter_sources = ("same",)
+    last = audit.candidates(config, data)[-1]
+    assert last.name == "learned:part"
+    assert tuple(last.configured(config).gradmix.adapter_sources) == ("same", "part")
+
+
+def test_the_recommendation_takes_the_larger_gain_of_leaving_out_and_learning():
+    records = []
+    for fold in range(4):
+        base = [1] * 4 + [0] * 6
+        records.append(_record(0, fold, audit.ALL, base))
+        for candidate, right in (
+            ("without:noisy", 6),
+            ("learned:noisy", 8 + fold % 2),  # gains more than leaving it out
+            ("without:other", 6 + fold % 2),
+            ("learned:other", 4 + fold % 2),  # within noise of "all"
+        ):
+            records.append(_record(0, fold, candidate, [1] * right + [0] * (10 - right)))
+    settings = {"config": _config().to_dict(), "folds": 4, "budget": 0.25, "repeats": 1}
+    report = audit.summarize_audit(records, ["noisy", "other"], settings)
+    assert report["recommended_learned_relations"] == ["noisy"]
+    assert report["recommended_drop_sources"] == ["other"]
+    assert report["sources"]["noisy"]["learned"]["change"] == pytest.approx(0.45)
+    markdown = audit.audit_markdown(report)
+    assert "change with its label relation learned" in markdown
+    assert "leave out other; learn the label relation of noisy." in markdown

@@ -147,6 +147,16 @@ def test_sources_with_target_classes_get_adapters_others_keep_heads():
     assert without.stream_adapters == [None, None, None] and without.stream_heads == [0, 1, 2]
 
 
+def test_adapter_sources_give_adapters_to_the_named_sources_only():
+    sources = (TARGET_CLASSES, SUBSET, OTHER_CLASSES)
+    model = make_model(sources, label_adapter=True, adapter_sources=("source_2",))
+    assert model.stream_adapters == [None, 0, None]
+    assert model.stream_heads == [0, 0, 1]  # source_1 shares h_T by name, as without adapters
+    assert model.label_adapters[0].matches == (0, 2)
+    with pytest.raises(ConfigError, match=r"adapter_sources names \['source_9'\], not sources"):
+        make_model(sources, label_adapter=True, adapter_sources=("source_9",))
+
+
 def test_an_adapter_stream_trains_h_T_and_its_relation():
     sources = (SUBSET,)
     model = make_model(sources, label_adapter=True, mixing="uniform")

@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from gradmix_tf import distribute
+from gradmix_tf.errors import ConfigError
 from gradmix_tf.mixing import adaptive_lr, groups
 from gradmix_tf.networks.label_adapter import LabelAdapter, matched_classes
 from gradmix_tf.rules import StreamBatch, make_rule
@@ -133,6 +134,12 @@ class GradMixModel(keras.Model):
         self.stream_adapters = []  # the label adapter of each stream, or None
         self.label_adapters = []
         own_head_for_adapter = self.options.adapter_start == "estimate"
+        unknown = sorted(set(self.options.adapter_sources) - set(self.source_names))
+        if unknown:
+            raise ConfigError(
+                f"gradmix.adapter_sources names {unknown}, not sources of this model: its "
+                f"sources are {list(self.source_names)}."
+            )
         for k, classes in enumerate(self.source_class_names):
             adapter = self._make_label_adapter(k)
             self.stream_adapters.append(adapter)
@@ -163,7 +170,10 @@ class GradMixModel(keras.Model):
     def _make_label_adapter(self, source: int) -> int | None:
         """The index of source `source`'s new label adapter, or None (no adapters, or no
         class of the target's)."""
-        if not self.options.label_adapter:
+        options = self.options
+        if not options.label_adapter:
+            return None
+        if options.adapter_sources and self.source_names[source] not in options.adapter_sources:
             return None
         matches = matched_classes(
             self.target_class_names,
@@ -172,7 +182,6 @@ class GradMixModel(keras.Model):
         )
         if not (matches >= 0).any():
             return None
-        options = self.options
         self.label_adapters.append(
             LabelAdapter(
                 matches,

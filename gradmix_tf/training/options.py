@@ -57,6 +57,9 @@ class GradMixOptions:
             relation M_s (`networks.label_adapter.LabelAdapter`) instead of a
             head of its own or h_T as it is; sources with no class of the
             target's keep their own heads.
+        adapter_sources: with `label_adapter`, the sources that get an adapter,
+            by name (empty: every source with classes of the target's); the
+            others are treated as without `label_adapter`.
         adapter_start: how M_s starts: "name_match" (the class-name match,
             logits `adapter_strength`), "uniform", or "estimate" (the source
             trains on a head of its own for `adapter_warmup_epochs`, then M_s
@@ -114,6 +117,7 @@ class GradMixOptions:
     target_weight: float = 1.0
     share_target_head: bool = True
     label_adapter: bool = False
+    adapter_sources: tuple[str, ...] = ()
     adapter_start: str = "name_match"
     adapter_strength: float = 4.0
     adapter_estimate: str = "target_head"
@@ -154,6 +158,7 @@ class GradMixOptions:
         choice("adapter_start", STARTS)
         choice("adapter_absent_rows", ABSENT_ROWS)
         choice("adapter_estimate", ESTIMATES)
+        object.__setattr__(self, "adapter_sources", tuple(map(str, self.adapter_sources)))
         self._check_adapter()
         if self.gradient_memory == "recompute" and (
             self.mixing == "pcgrad" or self.weight_solver == "lookahead"
