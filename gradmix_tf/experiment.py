@@ -57,6 +57,7 @@ from gradmix_tf.callbacks.label_relations import (
 from gradmix_tf.callbacks.mixing_summaries import MixingWeightsLogger
 from gradmix_tf.callbacks.pseudo_labels import PseudoLabeler
 from gradmix_tf.callbacks.skipped_batches import SkippedBatchesGuard, skipped_batches
+from gradmix_tf.callbacks.train_log import TrainLogCSV
 from gradmix_tf.config_checks import check_config
 from gradmix_tf.data.streams import DataError, MultiStreamData
 from gradmix_tf.errors import CheckpointError, ConfigError, TrainingStoppedError
@@ -313,7 +314,7 @@ def _callbacks(config, workdir, data, model, start_step=0):
         keras.callbacks.TensorBoard(
             os.path.join(workdir, "tensorboard"), update_freq=config.train.log_every_steps
         ),
-        keras.callbacks.CSVLogger(os.path.join(workdir, "train_log.csv"), append=True),
+        TrainLogCSV(os.path.join(workdir, "train_log.csv")),
         # Last: a checkpoint includes the epoch-end changes of the callbacks above.
         Checkpointer(
             os.path.join(workdir, "checkpoints"), every_n_steps=config.train.checkpoint_every_steps
