@@ -47,13 +47,13 @@ from collections.abc import Callable, Sequence
 import keras
 import ml_collections
 import numpy as np
+import scipy.stats
 import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gradmix_tf import distribute, experiment
 from gradmix_tf import workdir as workdirs
-from gradmix_tf.benchmark import paired_gap
 from gradmix_tf.callbacks.mixing_summaries import quiet_missing_glyphs
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
 from gradmix_tf.errors import UserError, WorkdirError
@@ -64,6 +64,10 @@ DEFAULT_FOLDS = 5
 # "Source audit": the measured trade-off between cost and the verdicts' agreement).
 DEFAULT_BUDGET = 0.25
 MIN_PER_CLASS_PER_FOLD = 2
+# What the verdict's interval is of (`paired_change`), chosen on development seeds only
+# (docs/RESULTS.md, "Source audit: the protocol").
+STATISTICS = ("probability", "images", "folds")
+DEFAULT_STATISTIC = "folds"
 ALL = "all"
 HURTS, HELPS, CANNOT_TELL = "hurts", "helps", "cannot tell at this many labels"
 SETTINGS_FILE = "audit_settings.json"
@@ -386,54 +390,64 @@ def verdict(ci_low: float, ci_high: float) -> str:
     return CANNOT_TELL
 
 
-def paired_change(records: Sequence[dict], candidate: str, statistic: str = "folds") -> dict:
+def _mean_interval(differences: np.ndarray, t_quantile: bool) -> tuple[float, float, float]:
+    """The mean of `differences` and its 95% interval (t or normal), NaN below two."""
+    n = len(differences)
+    if n < 2:
+        mean = float(differences.mean()) if n else float("nan")
+        return mean, float("nan"), float("nan")
+    quantile = scipy.stats.t.ppf(0.975, n - 1) if t_quantile else scipy.stats.norm.ppf(0.975)
+    mean = float(differences.mean())
+    half = float(quantile * differences.std(ddof=1) / np.sqrt(n))
+    return mean, mean - half, mean + half
+
+
+def paired_change(
+    records: Sequence[dict], candidate: str, statistic: str = DEFAULT_STATISTIC
+) -> dict:
     """The held-out change of `candidate` against every source ("all"), paired.
 
     Args:
-        records: an audit's runs (each: repeat, fold, candidate, correct, ...).
-        statistic: how the 95% interval is taken: "folds", a t interval over the
-            (repeat, fold) accuracy differences; "images", a normal interval over the
-            held-out images' paired differences of being right; "probability", the
-            same over the true class's predicted probability (its change, not the
-            accuracy's, is then the interval's centre).
+        records: an audit's runs (each: repeat, fold, candidate, correct,
+            true_class_probability).
+        statistic: what the 95% interval, and so the verdict, is of:
+            "probability", the change of the true class's predicted probability,
+            paired per held-out image (a normal interval over the images);
+            "images", the change of being right, paired per image; "folds", the
+            accuracy change, a t interval over the (repeat, fold) pairs.
 
     Returns:
-        {"change": the mean accuracy change, "ci_low", "ci_high", "pairs": (repeat,
-        fold) pairs both ran, "folds_ahead": pairs where the candidate is ahead}.
+        {"change": the held-out accuracy change, "probability_change": the true
+        class's probability change, "ci_low", "ci_high": the interval of
+        `statistic`'s change, "interval_of": `statistic`, "pairs": the (repeat,
+        fold) pairs both ran, "folds_ahead": those where the candidate is ahead}.
     """
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}, got {statistic!r}.")
     runs = {(r["repeat"], r["fold"], r["candidate"]): r for r in records}
     pairs = sorted((r, f) for r, f, c in runs if c == ALL and (r, f, candidate) in runs)
-    if statistic == "folds":
-        gap = paired_gap(
-            [float(np.mean(runs[(*p, candidate)]["correct"])) for p in pairs],
-            [float(np.mean(runs[(*p, ALL)]["correct"])) for p in pairs],
-        )
-        centre, low, high = gap["gap"], gap["ci_low"], gap["ci_high"]
-    else:
-        field = "correct" if statistic == "images" else "true_class_probability"
-        differences = (
-            np.concatenate(
-                [np.subtract(runs[(*p, candidate)][field], runs[(*p, ALL)][field]) for p in pairs]
-            )
-            if pairs
-            else np.zeros([0])
-        )
-        n = len(differences)
-        centre = float(differences.mean()) if n else float("nan")
-        half = 1.96 * differences.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan")
-        low, high = centre - half, centre + half
-        gap = paired_gap(
-            [float(np.mean(runs[(*p, candidate)]["correct"])) for p in pairs],
-            [float(np.mean(runs[(*p, ALL)]["correct"])) for p in pairs],
-        )
+
+    def differences(field: str, per_image: bool) -> np.ndarray:
+        changes = [np.subtract(runs[(*p, candidate)][field], runs[(*p, ALL)][field]) for p in pairs]
+        if not per_image:
+            changes = [[float(np.mean(c))] for c in changes]
+        return np.concatenate(changes) if changes else np.zeros([0])
+
+    by_fold = differences("correct", per_image=False)
+    field = "true_class_probability" if statistic == "probability" else "correct"
+    _, low, high = _mean_interval(
+        differences(field, per_image=statistic != "folds"), t_quantile=statistic == "folds"
+    )
     return {
-        "change": gap["gap"],
-        "interval_of": statistic,
+        "change": float(by_fold.mean()) if len(by_fold) else float("nan"),
+        "probability_change": float(differences("true_class_probability", True).mean())
+        if pairs
+        else float("nan"),
         "ci_low": low,
         "ci_high": high,
-        "interval_centre": centre,
+        "interval_of": statistic,
         "pairs": len(pairs),
-        "folds_ahead": gap["wins"],
+        "folds_ahead": int((by_fold > 0).sum()),
     }
 
 
@@ -441,7 +455,7 @@ def summarize_audit(
     records: Sequence[dict],
     source_names: Sequence[str],
     settings: dict,
-    statistic: str = "folds",
+    statistic: str = DEFAULT_STATISTIC,
 ) -> dict:
     """The report of an audit's runs: per source the paired change from leaving it out
     (`paired_change`, its interval the verdict) and, where it was run, from learning its
@@ -475,6 +489,7 @@ def summarize_audit(
         ),
         "held_out_accuracy_all": float(np.mean(all_accuracy)) if all_accuracy else float("nan"),
         "audit_seconds": round(sum(r["seconds"] for r in records), 1),
+        "interval_of": statistic,
         "sources": sources,
         "recommended_drop_sources": drop,
         "recommended_learned_relations": learn,
@@ -526,38 +541,58 @@ def load_report(workdir: str) -> dict:
         return json.load(f)
 
 
-def _interval(entry: dict) -> str:
-    return f"{entry['change']:+.3f} [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
+INTERVAL_NAMES = {
+    "probability": "true-class probability change, paired by image",
+    "images": "accuracy change, paired by image",
+    "folds": "accuracy change, paired by fold",
+}
+
+
+def _cells(entry: dict, statistic: str) -> str:
+    """The accuracy and probability changes, the verdict's statistic with its interval."""
+    interval = f" [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
+    on_probability = statistic == "probability"
+    return (
+        f"{entry['change']:+.3f}{'' if on_probability else interval} | "
+        f"{entry['probability_change']:+.3f}{interval if on_probability else ''}"
+    )
 
 
 def audit_markdown(report: dict) -> str:
     """The report a person reads: a row per source, its change, interval and verdict."""
     learned = any("learned" in s for s in report["sources"].values())
+    statistic = report.get("interval_of", DEFAULT_STATISTIC)
+    accuracy, probability = "accuracy change", "true-class probability change"
+    if statistic == "probability":
+        probability += " [95% CI]"
+    else:
+        accuracy += " [95% CI]"
     lines = [
         f"# Source audit: {report['task']}, method {report['method']}, seed {report['seed']}",
         "",
         f"{report['labelled_examples']} labelled target images in {report['folds']} folds"
         f" x {report['repeats']} repeat(s); each run trains {report['budget']:g} of the"
         f" config's steps. Held-out accuracy with every source: "
-        f"{report['held_out_accuracy_all']:.3f}.",
+        f"{report['held_out_accuracy_all']:.3f}. Changes are without the source minus with"
+        f" every source; the interval and verdict are of the {INTERVAL_NAMES[statistic]}.",
         "",
-        "| source | accuracy change without it [95% CI] | verdict |"
-        + (" change with its label relation learned [95% CI] |" if learned else ""),
-        "|---|---|---|" + ("---|" if learned else ""),
+        f"| source | {accuracy} | {probability} | verdict |"
+        + (" with its label relation learned: accuracy | probability |" if learned else ""),
+        "|---|---|---|---|" + ("---|---|" if learned else ""),
     ]
     for name, s in sorted(report["sources"].items(), key=lambda item: -item[1]["change"]):
-        row = f"| {name} | {_interval(s)} | {s['verdict']} |"
+        row = f"| {name} | {_cells(s, statistic)} | {s['verdict']} |"
         if learned:
-            row += f" {_interval(s['learned'])} |" if "learned" in s else " |"
+            row += f" {_cells(s['learned'], statistic)} |" if "learned" in s else " | |"
         lines.append(row)
     drop, learn = report["recommended_drop_sources"], report["recommended_learned_relations"]
     advice = [f"leave out {', '.join(drop)}"] if drop else []
     advice += [f"learn the label relation of {', '.join(learn)}"] if learn else []
     lines += [
         "",
-        "A source **hurts** when leaving it out gains held-out accuracy with the whole "
-        "interval above 0, **helps** when it loses; otherwise this many labels cannot tell "
-        "(a bigger --budget, more --repeats or more labels narrow the interval).",
+        "A source **hurts** when leaving it out gains, the whole 95% interval above 0; it "
+        "**helps** when the interval is below 0; otherwise this many labels cannot tell (a "
+        "bigger --budget, more --repeats or more labels narrow the interval).",
         "",
         "Recommended: "
         + ("; ".join(advice) + "." if advice else "keep every source as it is.")
@@ -569,8 +604,10 @@ def audit_markdown(report: dict) -> str:
 
 @quiet_missing_glyphs()
 def plot_audit(report: dict, path: str):
-    """A bar a source: the change without it, with its 95% interval."""
-    names = sorted(report["sources"], key=lambda n: report["sources"][n]["change"])
+    """A bar a source: the change without it of the verdict's statistic, with its interval."""
+    statistic = report.get("interval_of", DEFAULT_STATISTIC)
+    centre = "probability_change" if statistic == "probability" else "change"
+    names = sorted(report["sources"], key=lambda n: report["sources"][n][centre])
     figure = Figure(figsize=(6.5, 1.2 + 0.45 * len(names)))
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
@@ -580,11 +617,11 @@ def plot_audit(report: dict, path: str):
         low, high = s["ci_low"], s["ci_high"]
         errors = None
         if np.isfinite([low, high]).all():
-            errors = [[max(s["change"] - low, 0.0)], [max(high - s["change"], 0.0)]]
-        axes.barh(y, s["change"], color=colours[s["verdict"]], xerr=errors, capsize=3)
+            errors = [[max(s[centre] - low, 0.0)], [max(high - s[centre], 0.0)]]
+        axes.barh(y, s[centre], color=colours[s["verdict"]], xerr=errors, capsize=3)
     axes.set_yticks(range(len(names)), names, fontsize=8)
     axes.axvline(0.0, color="black", linewidth=0.8)
-    axes.set_xlabel("held-out accuracy change without the source (red: hurts, green: helps)")
+    axes.set_xlabel(f"without the source: {INTERVAL_NAMES[statistic]} (red: hurts, green: helps)")
     axes.set_title(f"source audit: {report['task']}, seed {report['seed']}", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)

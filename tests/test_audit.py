@@ -61,11 +61,12 @@ def _record(repeat, fold, candidate, correct):
         "candidate": candidate,
         "examples": list(range(fold * 10, fold * 10 + len(correct))),
         "correct": correct,
+        "true_class_probability": [0.6 if right else 0.2 for right in correct],
         "seconds": 1.0,
     }
 
 
-def test_the_change_without_a_source_is_paired_by_fold_and_judged_by_its_interval():
+def test_the_change_without_a_source_is_paired_and_judged_by_its_interval():
     records = []
     for fold in range(4):
         base = [1] * (4 + fold % 2) + [0] * (6 - fold % 2)  # 0.4 or 0.5 with every source
@@ -88,7 +89,15 @@ def test_the_change_without_a_source_is_paired_by_fold_and_judged_by_its_interva
     assert report["held_out_accuracy_all"] == pytest.approx(0.45)
     assert report["labelled_examples"] == 40
     markdown = audit.audit_markdown(report)
-    assert "| noisy | +0.300 [" in markdown and "leave out noisy." in markdown
+    assert "| noisy | +0.300 [+0.300, +0.300] | +0.120 |" in markdown
+    assert "leave out noisy." in markdown
+    assert sources["noisy"]["probability_change"] == pytest.approx(0.12)
+    assert sources["noisy"]["interval_of"] == "folds"
+    by_image = audit.paired_change(records, "without:noisy", "probability")
+    assert by_image["change"] == pytest.approx(0.3)
+    assert 0 < by_image["ci_low"] < 0.12 < by_image["ci_high"]
+    by_statistic = audit.summarize_audit(records, ["noisy"], settings, "probability")
+    assert "| noisy | +0.300 | +0.120 [+0." in audit.audit_markdown(by_statistic)
 
 
 @pytest.fixture(scope="module")
@@ -285,5 +294,5 @@ def test_the_recommendation_takes_the_larger_gain_of_leaving_out_and_learning():
     assert report["recommended_drop_sources"] == ["other"]
     assert report["sources"]["noisy"]["learned"]["change"] == pytest.approx(0.45)
     markdown = audit.audit_markdown(report)
-    assert "change with its label relation learned" in markdown
+    assert "with its label relation learned: accuracy | probability |" in markdown
     assert "leave out other; learn the label relation of noisy." in markdown
