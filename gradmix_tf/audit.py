@@ -66,8 +66,13 @@ DEFAULT_BUDGET = 0.25
 MIN_PER_CLASS_PER_FOLD = 2
 # What the verdict's interval is of (`paired_change`), chosen on development seeds only
 # (docs/RESULTS.md, "Source audit: the protocol").
-STATISTICS = ("probability", "images", "folds")
-DEFAULT_STATISTIC = "folds"
+STATISTICS = (
+    "probability_by_fold",
+    "accuracy_by_fold",
+    "accuracy_by_image",
+    "probability_by_image",
+)
+DEFAULT_STATISTIC = "probability_by_fold"
 ALL = "all"
 HURTS, HELPS, CANNOT_TELL = "hurts", "helps", "cannot tell at this many labels"
 SETTINGS_FILE = "audit_settings.json"
@@ -411,10 +416,11 @@ def paired_change(
         records: an audit's runs (each: repeat, fold, candidate, correct,
             true_class_probability).
         statistic: what the 95% interval, and so the verdict, is of:
-            "probability", the change of the true class's predicted probability,
-            paired per held-out image (a normal interval over the images);
-            "images", the change of being right, paired per image; "folds", the
-            accuracy change, a t interval over the (repeat, fold) pairs.
+            "<measure>_by_<unit>". The measure: "probability", the held-out images'
+            predicted probability of their true class, or "accuracy". The unit:
+            "fold", a t interval over the (repeat, fold) pairs' mean changes (the
+            images of a fold share one trained model), or "image", a normal
+            interval over the images' paired changes.
 
     Returns:
         {"change": the held-out accuracy change, "probability_change": the true
@@ -434,10 +440,9 @@ def paired_change(
         return np.concatenate(changes) if changes else np.zeros([0])
 
     by_fold = differences("correct", per_image=False)
-    field = "true_class_probability" if statistic == "probability" else "correct"
-    _, low, high = _mean_interval(
-        differences(field, per_image=statistic != "folds"), t_quantile=statistic == "folds"
-    )
+    field = "true_class_probability" if statistic.startswith("probability") else "correct"
+    by_image = statistic.endswith("by_image")
+    _, low, high = _mean_interval(differences(field, by_image), t_quantile=not by_image)
     return {
         "change": float(by_fold.mean()) if len(by_fold) else float("nan"),
         "probability_change": float(differences("true_class_probability", True).mean())
@@ -542,16 +547,17 @@ def load_report(workdir: str) -> dict:
 
 
 INTERVAL_NAMES = {
-    "probability": "true-class probability change, paired by image",
-    "images": "accuracy change, paired by image",
-    "folds": "accuracy change, paired by fold",
+    "probability_by_fold": "true-class probability change, paired by fold",
+    "accuracy_by_fold": "accuracy change, paired by fold",
+    "accuracy_by_image": "accuracy change, paired by image",
+    "probability_by_image": "true-class probability change, paired by image",
 }
 
 
 def _cells(entry: dict, statistic: str) -> str:
     """The accuracy and probability changes, the verdict's statistic with its interval."""
     interval = f" [{entry['ci_low']:+.3f}, {entry['ci_high']:+.3f}]"
-    on_probability = statistic == "probability"
+    on_probability = statistic.startswith("probability")
     return (
         f"{entry['change']:+.3f}{'' if on_probability else interval} | "
         f"{entry['probability_change']:+.3f}{interval if on_probability else ''}"
@@ -563,7 +569,7 @@ def audit_markdown(report: dict) -> str:
     learned = any("learned" in s for s in report["sources"].values())
     statistic = report.get("interval_of", DEFAULT_STATISTIC)
     accuracy, probability = "accuracy change", "true-class probability change"
-    if statistic == "probability":
+    if statistic.startswith("probability"):
         probability += " [95% CI]"
     else:
         accuracy += " [95% CI]"
@@ -606,7 +612,7 @@ def audit_markdown(report: dict) -> str:
 def plot_audit(report: dict, path: str):
     """A bar a source: the change without it of the verdict's statistic, with its interval."""
     statistic = report.get("interval_of", DEFAULT_STATISTIC)
-    centre = "probability_change" if statistic == "probability" else "change"
+    centre = "probability_change" if statistic.startswith("probability") else "change"
     names = sorted(report["sources"], key=lambda n: report["sources"][n][centre])
     figure = Figure(figsize=(6.5, 1.2 + 0.45 * len(names)))
     FigureCanvasAgg(figure)

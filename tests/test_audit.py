@@ -89,15 +89,15 @@ def test_the_change_without_a_source_is_paired_and_judged_by_its_interval():
     assert report["held_out_accuracy_all"] == pytest.approx(0.45)
     assert report["labelled_examples"] == 40
     markdown = audit.audit_markdown(report)
-    assert "| noisy | +0.300 [+0.300, +0.300] | +0.120 |" in markdown
+    assert "| noisy | +0.300 | +0.120 [+0.120, +0.120] |" in markdown  # the same every fold
     assert "leave out noisy." in markdown
     assert sources["noisy"]["probability_change"] == pytest.approx(0.12)
-    assert sources["noisy"]["interval_of"] == "folds"
-    by_image = audit.paired_change(records, "without:noisy", "probability")
+    assert sources["noisy"]["interval_of"] == "probability_by_fold"
+    by_image = audit.paired_change(records, "without:noisy", "probability_by_image")
     assert by_image["change"] == pytest.approx(0.3)
     assert 0 < by_image["ci_low"] < 0.12 < by_image["ci_high"]
-    by_statistic = audit.summarize_audit(records, ["noisy"], settings, "probability")
-    assert "| noisy | +0.300 | +0.120 [+0." in audit.audit_markdown(by_statistic)
+    by_fold = audit.summarize_audit(records, ["noisy"], settings, "accuracy_by_fold")
+    assert "| noisy | +0.300 [+0.300, +0.300] | +0.120 |" in audit.audit_markdown(by_fold)
 
 
 @pytest.fixture(scope="module")
