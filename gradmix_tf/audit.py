@@ -15,14 +15,16 @@ The audit answers from those labels by k-fold cross-fitting:
   source with its label relation learned (`"learned:<source>"`); every
   candidate of a fold has the same training seed, so their predictions are
   paired;
-- per source, the **change** from leaving it out is the held-out accuracy
-  without it minus with every source, a mean over the folds (and the
-  `repeats`: new folds and training seeds, the same labels), with a 95% t
-  interval over the (repeat, fold) pairs. A fold's runs see another
-  training seed and other held-out images, so the interval holds both
-  sources of noise. The **verdict**: "hurts" (leaving it out helps: the
-  interval is above 0), "helps" (below 0) or "cannot tell at this many
-  labels" (the interval holds 0).
+- per source, the **change** from leaving it out, without it minus with every
+  source, of the held-out accuracy and of the held-out images' predicted
+  probability of their true class: a mean over the folds (and the `repeats`:
+  new folds and training seeds, the same labels). The probability change gets
+  a 95% t interval over the (repeat, fold) pairs (`DEFAULT_STATISTIC`, chosen
+  on development seeds: docs/RESULTS.md). A fold's runs see another training
+  seed and other held-out images, so the interval holds both sources of
+  noise. The **verdict**: "hurts" (leaving it out helps: the interval is
+  above 0), "helps" (below 0) or "cannot tell at this many labels" (the
+  interval holds 0).
 
 The recommendation leaves out the sources that hurt and learns the label relation of
 those that gain from it (per source the larger gain of the two, each with its interval
@@ -60,8 +62,8 @@ from gradmix_tf.errors import UserError, WorkdirError
 from gradmix_tf.networks.label_adapter import matched_classes
 
 DEFAULT_FOLDS = 5
-# The fraction of the config's train.steps each audit run trains (docs/RESULTS.md,
-# "Source audit": the measured trade-off between cost and the verdicts' agreement).
+# The fraction of the config's train.steps each audit run trains: the audit of the README's
+# default task then stays within 6 training runs (docs/RESULTS.md, "Source audit").
 DEFAULT_BUDGET = 0.25
 MIN_PER_CLASS_PER_FOLD = 2
 # What the verdict's interval is of (`paired_change`), chosen on development seeds only
