@@ -340,7 +340,10 @@ class GradMixModel(keras.Model):
         """[B] the cross-entropy of each example in its stream's head (training mode); a
         stream with a label adapter predicts through h_T and the adapter (while the adapters
         are not active yet, through its own head)."""
-        features = self.trunk(batch.x, training=True)
+        return self.head_loss(batch, self.trunk(batch.x, training=True))
+
+    def head_loss(self, batch: StreamBatch, features):
+        """[B] `per_example_loss` from the trunk's features of the batch."""
         if batch.adapter is None:
             return cross_entropy(batch.labels, self.heads[batch.head](features, training=True))
         target_logits = self.heads[0](features, training=True)

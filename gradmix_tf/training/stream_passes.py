@@ -32,8 +32,9 @@ import tensorflow as tf
 from gradmix_tf import distribute
 from gradmix_tf.mixing import weights
 from gradmix_tf.mixing.stream_gradients import StreamGradients
+from gradmix_tf.training.one_pass import JointPass
 
-GRADIENT_MEMORY = ("store", "recompute")
+GRADIENT_MEMORY = ("store", "recompute", "one_pass")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,9 +80,9 @@ class StoredPasses(StreamPasses):
     def run(self, streams, target) -> StepGradients:
         """Steps 2-3, each stream's gradient kept for step 5."""
         model = self.model
-        results = [model.stream_gradients(stream) for stream in streams]
-        losses, path_grads, head_grads = ([r[i] for r in results] for i in range(3))
-        target_loss, target_grads, _ = model.stream_gradients(target)
+        losses, path_grads, head_grads = self.take_gradients(streams, target)
+        target_loss, target_grads = losses.pop(), path_grads.pop()
+        head_grads.pop()
         gradients = StreamGradients(
             [distribute.all_reduce_sum(g) for g in path_grads],
             distribute.all_reduce_sum(target_grads),
@@ -91,11 +92,32 @@ class StoredPasses(StreamPasses):
         mix = functools.partial(self.mix, path_grads, target_grads)
         return StepGradients(losses, head_grads, target_loss, gradients, mix)
 
+    def take_gradients(self, streams, target):
+        """(losses, path gradients, own gradients) of the streams, then of the target:
+        one forward and backward pass each."""
+        results = [self.model.stream_gradients(batch) for batch in [*streams, target]]
+        return ([r[i] for r in results] for i in range(3))
+
     def mix(self, path_grads, target_grads, mixing_weights, target_weight):
         """Step 5: the local mixed gradient G [V] on the target's path."""
         return weights.mix_gradients(
             path_grads, mixing_weights, self.model.mixing_layer_ids, target_grads, target_weight
         )
+
+
+class OnePassPasses(StoredPasses):
+    """Every stream's gradient from one pass over the joint batch (`training.one_pass`),
+    kept for step 5; one pass a stream where the model cannot take one pass."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.joint_pass = JointPass(model)
+
+    def take_gradients(self, streams, target):
+        result = self.joint_pass.gradients([*streams, target])
+        if result is None:
+            return super().take_gradients(streams, target)
+        return list(result.losses), list(result.path_grads), list(result.own_grads)
 
 
 class RecomputedPasses(StreamPasses):
@@ -149,5 +171,5 @@ class RecomputedPasses(StreamPasses):
 
 def make_stream_passes(model):
     """The passes `model.options.gradient_memory` names."""
-    kinds = {"store": StoredPasses, "recompute": RecomputedPasses}
+    kinds = {"store": StoredPasses, "recompute": RecomputedPasses, "one_pass": OnePassPasses}
     return kinds[model.options.gradient_memory](model)

@@ -1,0 +1,231 @@
+"""Every stream's gradient from one forward and one backward pass (`gradient_memory="one_pass"`).
+
+The streams' batches (the K sources, P, then the labelled target) are concatenated and
+go through the trunk in one forward pass; each stream's features then go through its
+own head and loss, as in its own pass. One backward pass of the sum of the streams'
+losses gives, at every layer that owns trainable variables, the gradient at its output;
+each stream's weight gradient is then the sum over its own rows
+(`training.layer_gradients`: a formula for Dense, convolutions, depthwise convolutions,
+batch and layer normalisation and embeddings, a vector-Jacobian product of the layer on
+the stream's rows for any other layer).
+
+The gradients equal those of one pass a stream wherever no layer mixes the rows of a
+batch: batch normalisation in training mode normalises here over the joint batch, as
+joint training does (and updates its moving statistics once a step), so its gradients
+are those of joint training's batch statistics. A label adapter serves one stream: its
+gradient is taken as it is.
+
+A layer is recorded by replacing its `call` for the pass, under a lock (replicas trace
+their steps in threads of their own; a thread that does not record calls the layer as it
+is). `JointPass.plan` finds the layers that own the model's trainable variables once and
+says which take the generic rule; a model whose variables it cannot attribute to a layer,
+or a pass it cannot record, is trained with one pass a stream instead (logged once).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+
+import tensorflow as tf
+from absl import logging
+
+from gradmix_tf import distribute
+from gradmix_tf.training.layer_gradients import (
+    LayerCall,
+    UnsupportedCall,
+    VectorJacobianRule,
+    rule_for,
+)
+
+_RECORDING = threading.local()
+_INSTALL_LOCK = threading.Lock()
+
+
+class Recorder:
+    """The layer calls of one recorded pass, and the segments the next calls hold."""
+
+    def __init__(self, rules: dict, tape: tf.GradientTape):
+        self.rules = rules  # id(layer) -> LayerRule
+        self.tape = tape
+        self.calls: list[LayerCall] = []
+        self.segments: tuple = ()
+        self.sizes: tuple = ()
+
+    def record(self, layer, original, args, kwargs):
+        record = LayerCall(layer, self.rules[id(layer)], self.segments, self.sizes, self.tape)
+        self.calls.append(record)
+        return record.rule.call(layer, record, original, args, kwargs)
+
+
+def _recorded_call(layer, original):
+    def call(*args, **kwargs):
+        recorder = getattr(_RECORDING, "recorder", None)
+        if recorder is None:
+            return original(*args, **kwargs)
+        return recorder.record(layer, original, args, kwargs)
+
+    return call
+
+
+@contextlib.contextmanager
+def recording(layers, rules: dict, tape: tf.GradientTape):
+    """Records the calls of `layers` in this thread (a `Recorder`) while open, their
+    probes watched by `tape`."""
+    recorder = Recorder(rules, tape)
+    with _INSTALL_LOCK:
+        for layer in layers:
+            vars(layer)["call"] = _recorded_call(layer, layer.call)
+        _RECORDING.recorder = recorder
+        try:
+            yield recorder
+        finally:
+            _RECORDING.recorder = None
+            for layer in layers:
+                vars(layer).pop("call", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The layers a one-pass step records (`layers`, their `rules` by id), the layers on
+    the generic rule (`generic`), or why the model cannot take one pass (`unsupported`)."""
+
+    layers: tuple = ()
+    rules: dict = dataclasses.field(default_factory=dict)
+    owners: dict = dataclasses.field(default_factory=dict)  # id(variable) -> id(layer)
+    generic: tuple = ()
+    unsupported: str | None = None
+
+
+def make_plan(model) -> Plan:
+    """The owners of the target path's and the heads' variables, and their rules."""
+    owners = {}
+    for root in [model.trunk, *model.heads]:
+        for layer in root._flatten_layers(include_self=True, recursive=True):
+            if layer.trainable:
+                for variable in layer._trainable_variables:
+                    owners.setdefault(id(variable), layer)
+    heads = [v for head in model.heads[1:] for v in head.trainable_variables]
+    missing = [v.path for v in model.path_variables + heads if id(v) not in owners]
+    if missing:
+        return Plan(unsupported=f"no layer owns {missing[:3]} directly")
+    layers = list({id(owners[id(v)]): owners[id(v)] for v in model.path_variables + heads}.values())
+    rules = {id(layer): rule_for(layer) for layer in layers}
+    generic = tuple(
+        layer.name for layer in layers if isinstance(rules[id(layer)], VectorJacobianRule)
+    )
+    path_owners = {id(v): id(owners[id(v)]) for v in model.path_variables}
+    return Plan(tuple(layers), rules, path_owners, generic)
+
+
+@dataclasses.dataclass(frozen=True)
+class Gradients:
+    """Each batch's loss, gradients on the target's path [V] and on its own variables."""
+
+    losses: list
+    path_grads: list
+    own_grads: list
+
+
+class JointPass:
+    """The per-stream gradients of a step from one recorded pass over the joint batch.
+
+    Args:
+        model: the `GradMixModel`.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._plan = None
+
+    def plan(self) -> Plan:
+        if self._plan is None:
+            self._plan = make_plan(self.model)
+            if self._plan.unsupported:
+                logging.warning(
+                    "gradient_memory='one_pass': %s; the step takes one pass a stream.",
+                    self._plan.unsupported,
+                )
+            elif self._plan.generic:
+                logging.info(
+                    "gradient_memory='one_pass': layers %s take each stream's gradient by a "
+                    "vector-Jacobian product of the layer (one backward pass of the layer a "
+                    "stream); the others by their formulas.",
+                    ", ".join(self._plan.generic),
+                )
+        return self._plan
+
+    def gradients(self, batches) -> Gradients | None:
+        """Losses and gradients of `batches` (the streams', then the target's), or None
+        when this pass cannot be recorded (logged; the caller takes one pass a stream)."""
+        plan = self.plan()
+        if plan.unsupported:
+            return None
+        model = self.model
+        try:
+            with tf.GradientTape(persistent=bool(plan.generic)) as tape:
+                per_example, calls = self._forward(plan, batches, tape)
+                losses = [model._scaled_mean(p, b) for p, b in zip(per_example, batches)]
+                scaled_loss = model.guard.scale_loss(tf.add_n(losses))
+        except UnsupportedCall as error:
+            logging.warning(
+                "gradient_memory='one_pass': %s; the step takes one pass a stream.", error
+            )
+            return None
+        called = {id(call.layer) for call in calls}
+        uncalled = [v.path for v in model.path_variables if plan.owners[id(v)] not in called]
+        if uncalled:
+            logging.warning(
+                "gradient_memory='one_pass': the pass did not call the layers of %s; the step "
+                "takes one pass a stream.",
+                uncalled[:3],
+            )
+            return None
+        adapters = [v for a in model.label_adapters for v in a.trainable_variables]
+        output_grads = tape.gradient(
+            scaled_loss,
+            [call.probe for call in calls] + adapters,
+            unconnected_gradients=tf.UnconnectedGradients.ZERO,
+        )
+        adapter_grads = dict(zip(map(id, adapters), output_grads[len(calls) :]))
+        streams = [{} for _ in batches]  # per batch: {variable id: gradient}
+        for call, output_grad in zip(calls, output_grads):
+            for segment, grads in zip(call.segments, call.rule.gradients(call, output_grad)):
+                for key, grad in grads.items():
+                    total = streams[segment].get(key)
+                    streams[segment][key] = grad if total is None else total + grad
+        del tape
+        return self._assemble(batches, losses, streams, adapter_grads)
+
+    def _forward(self, plan, batches, tape):
+        """[B] per-example losses of each batch, and the recorded layer calls."""
+        model = self.model
+        sizes = tuple(tf.shape(b.x)[0] for b in batches)
+        with recording(plan.layers, plan.rules, tape) as recorder:
+            recorder.segments, recorder.sizes = tuple(range(len(batches))), sizes
+            features = model.trunk(tf.concat([b.x for b in batches], axis=0), training=True)
+            parts = tf.split(features, tf.stack(sizes), num=len(batches))
+            per_example = []
+            for i, (batch, part) in enumerate(zip(batches, parts)):
+                recorder.segments, recorder.sizes = (i,), (sizes[i],)
+                per_example.append(model.head_loss(batch, part))
+        return per_example, recorder.calls
+
+    def _assemble(self, batches, losses, streams, adapter_grads) -> Gradients:
+        """Gradients as `GradMixModel.stream_gradients` gives them: float32, unscaled,
+        zeros where a batch has none."""
+        model = self.model
+        path_grads, own_grads = [], []
+        for batch, grads in zip(batches, streams):
+            grads = {**grads, **adapter_grads} if batch.adapter is not None else grads
+            own = model._own_variables(batch.head, batch.adapter)
+            values = [
+                tf.cast(grads[id(v)], v.dtype) if id(v) in grads else tf.zeros_like(v)
+                for v in model.path_variables + own
+            ]
+            values = model.guard.unscale(values)
+            path_grads.append(values[: len(model.path_variables)])
+            own_grads.append(values[len(model.path_variables) :])
+        replicas = distribute.num_replicas()
+        return Gradients([loss * replicas for loss in losses], path_grads, own_grads)
