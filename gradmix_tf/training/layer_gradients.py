@@ -38,6 +38,7 @@ weights, a causal Conv1D, a subclass with its own `call`) take the generic rule.
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import keras
 import tensorflow as tf
@@ -53,7 +54,7 @@ class LayerCall:
         rule: its `LayerRule`.
         segments: the step's batch indices (streams, then the target) whose rows
             the call's inputs hold, in order.
-        sizes: the number of rows of each segment (scalar tensors).
+        sizes: the number of rows of each segment (ints where static, else scalar tensors).
         probe: the zero tensor whose gradient is the output gradient the rule needs.
         inputs: the call's first input (in the layer's compute dtype).
         output: the layer's output before the probe (the generic rule's product).
@@ -106,8 +107,9 @@ class LayerRule:
         """The layer's output, recording what `gradients` needs in `record`."""
         raise NotImplementedError
 
-    def gradients(self, record: LayerCall, output_gradient) -> list[dict]:
-        """Per segment, {variable id: gradient} of the layer's own variables.
+    def gradients(self, record: LayerCall, output_gradient) -> dict:
+        """{variable id: [segments, *variable shape]}: each segment's gradient of each of
+        the layer's own variables.
 
         Args:
             record: the call.
@@ -130,17 +132,18 @@ class VectorJacobianRule(LayerRule):
         variables, tape = _own_variables(record.layer), record.tape
         ids = tf.repeat(tf.range(len(record.sizes)), tf.stack(record.sizes))
         mask_shape = [-1] + [1] * (output_gradient.shape.rank - 1)
-        result = []
+        segments = []
         for s in range(len(record.sizes)):
             mask = tf.reshape(tf.cast(tf.equal(ids, s), output_gradient.dtype), mask_shape)
-            grads = tape.gradient(
-                record.output,
-                variables,
-                output_gradients=output_gradient * mask,
-                unconnected_gradients=tf.UnconnectedGradients.ZERO,
+            segments.append(
+                tape.gradient(
+                    record.output,
+                    variables,
+                    output_gradients=output_gradient * mask,
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
             )
-            result.append({id(v): g for v, g in zip(variables, grads)})
-        return result
+        return {id(v): tf.stack(grads) for v, grads in zip(variables, zip(*segments))}
 
 
 class UnsupportedCall(Exception):
@@ -171,31 +174,60 @@ class KernelRule(LayerRule):
             )
         return outputs if layer.activation is None else layer.activation(outputs)
 
+    def pointwise(self, layer) -> bool:
+        """Whether the kernel is a matrix applied at every position of the last axis (a
+        Dense layer, a 1x1 convolution with stride 1, channels last)."""
+        return False
+
     def gradients(self, record, output_gradient):
-        layer, kernel = record.layer, record.saved["kernel"]
+        layer = record.layer
         rank = output_gradient.shape.rank
         channel = 1 if self.bias_shape(layer, rank) is not None else rank - 1
-        bias_axes = [a for a in range(rank) if a != channel]
-        result = []
+        result = {id(layer.kernel): self.kernel_gradients(record, output_gradient)}
+        if layer.bias is not None:
+            rows = tf.reduce_sum(output_gradient, axis=[a for a in range(1, rank) if a != channel])
+            result[id(layer.bias)] = _row_sums(rows, record)
+        return result
+
+    def kernel_gradients(self, record, output_gradient):
+        """[segments, *kernel shape]: one matmul of the segments stacked where the kernel is
+        pointwise and the segments are of one static size, else the vector-Jacobian
+        product of the layer's linear operation on each segment's rows."""
+        layer, kernel = record.layer, record.saved["kernel"]
+        count, sizes = len(record.sizes), {tf.get_static_value(n) for n in record.sizes}
+        if self.pointwise(layer) and len(sizes) == 1 and None not in sizes:
+            inputs = tf.reshape(record.inputs, [count, -1, record.inputs.shape[-1]])
+            grads = tf.reshape(output_gradient, [count, -1, output_gradient.shape[-1]])
+            stacked = tf.matmul(inputs, grads, transpose_a=True)  # [segments, in, out]
+            return tf.reshape(stacked, [count, *kernel.shape])
+        segments = []
         for inputs, grads in zip(_split(record.inputs, record), _split(output_gradient, record)):
             with tf.GradientTape() as linear_tape:
                 linear_tape.watch(kernel)
                 outputs = self.linear(layer, inputs, kernel)
-            stream = {id(layer.kernel): linear_tape.gradient(outputs, kernel, grads)}
-            if layer.bias is not None:
-                stream[id(layer.bias)] = tf.reduce_sum(grads, axis=bias_axes)
-            result.append(stream)
-        return result
+            segments.append(linear_tape.gradient(outputs, kernel, grads))
+        return tf.stack(segments)
 
 
 class DenseRule(KernelRule):
     def linear(self, layer, inputs, kernel):
         return ops.matmul(inputs, kernel)
 
+    def pointwise(self, layer):
+        return True
+
 
 class ConvRule(KernelRule):
     def linear(self, layer, inputs, kernel):
         return layer.convolution_op(inputs, kernel)
+
+    def pointwise(self, layer):
+        return (
+            layer.data_format == "channels_last"
+            and layer.groups == 1
+            and all(k == 1 for k in layer.kernel_size)
+            and all(s == 1 for s in layer.strides)
+        )
 
 
 class DepthwiseConvRule(KernelRule):
@@ -213,58 +245,80 @@ class DepthwiseConvRule(KernelRule):
 class NormalizationRule(LayerRule):
     """Scale and offset of a normalisation: y = x_hat * gamma + beta."""
 
-    def statistics(self, layer, inputs, kwargs):
-        """(mean, variance) the layer normalises `inputs` (float32) with, broadcastable."""
+    def parameter_axes(self, layer, rank: int) -> list[int]:
         raise NotImplementedError
 
-    def parameter_axes(self, layer, rank: int) -> list[int]:
+    def forward(self, layer, original, args, kwargs):
+        """(the layer's output, (mean, variance) it normalised its input with, broadcastable
+        to the input, float32)."""
         raise NotImplementedError
 
     def call(self, layer, record, original, args, kwargs):
         if kwargs.get("mask") is not None:
             raise UnsupportedCall(f"{layer.name} is called with a mask")
-        inputs = args[0]
-        record.inputs = inputs
-        record.saved["statistics"] = self.statistics(layer, tf.cast(inputs, tf.float32), kwargs)
-        return _probed(original(*args, **kwargs), record)
+        record.inputs = args[0]
+        outputs, record.saved["statistics"] = self.forward(layer, original, args, kwargs)
+        return _probed(outputs, record)
+
+    def scale_rows(self, record, grads, summed):
+        """[N, parameter shape] each row's sum of (output gradient x normalised input)."""
+        mean, variance = record.saved["statistics"]
+        normalised = (tf.cast(record.inputs, tf.float32) - mean) * tf.math.rsqrt(
+            variance + record.layer.epsilon
+        )
+        return tf.reduce_sum(grads * normalised, axis=summed)
 
     def gradients(self, record, output_gradient):
         layer, rank = record.layer, output_gradient.shape.rank
         grads = tf.cast(output_gradient, tf.float32)
-        mean, variance = record.saved["statistics"]
         summed = [a for a in range(1, rank) if a not in self.parameter_axes(layer, rank)]
-        result = [{} for _ in record.sizes]
+        parameters = []
         if layer.scale:
-            normalised = (tf.cast(record.inputs, tf.float32) - mean) * tf.math.rsqrt(
-                variance + layer.epsilon
-            )
-            rows = tf.reduce_sum(grads * normalised, axis=summed)  # [N, parameter shape]
-            for stream, total in zip(
-                result, tf.unstack(_row_sums(rows, record), num=len(record.sizes))
-            ):
-                stream[id(layer.gamma)] = tf.reshape(total, layer.gamma.shape)
+            parameters.append((layer.gamma, self.scale_rows(record, grads, summed)))
         if layer.center:
-            rows = tf.reduce_sum(grads, axis=summed)
-            for stream, total in zip(
-                result, tf.unstack(_row_sums(rows, record), num=len(record.sizes))
-            ):
-                stream[id(layer.beta)] = tf.reshape(total, layer.beta.shape)
-        return result
+            parameters.append((layer.beta, tf.reduce_sum(grads, axis=summed)))
+        return {  # rows: [N, parameter shape]
+            id(variable): tf.reshape(_row_sums(rows, record), [-1, *variable.shape])
+            for variable, rows in parameters
+        }
 
 
 class BatchNormalizationRule(NormalizationRule):
+    """The statistics are the moments the layer itself takes in training mode (the joint
+    batch's), or its moving statistics."""
+
     def parameter_axes(self, layer, rank):
         return [layer.axis % rank]
 
-    def statistics(self, layer, inputs, kwargs):
-        rank = inputs.shape.rank
+    def forward(self, layer, original, args, kwargs):
+        if not (kwargs.get("training") and layer.trainable):
+            statistics = (layer.moving_mean.value, layer.moving_variance.value)
+            return original(*args, **kwargs), statistics
+        moments, thread = [], threading.get_ident()
+        layer_moments = layer._moments
+
+        def recorded_moments(*moment_args):
+            result = layer_moments(*moment_args)
+            if threading.get_ident() == thread:
+                moments.append(result)
+            return result
+
+        vars(layer)["_moments"] = recorded_moments
+        try:
+            outputs = original(*args, **kwargs)
+        finally:
+            vars(layer).pop("_moments", None)
+        return outputs, moments[0]
+
+    def scale_rows(self, record, grads, summed):
+        # The inverse standard deviation is one a channel: applied to the rows' sums.
+        mean, variance = record.saved["statistics"]
+        rank = grads.shape.rank
         shape = [1] * rank
-        shape[layer.axis % rank] = -1
-        if kwargs.get("training") and layer.trainable:  # the batch's (the joint batch's)
-            mean, variance = ops.moments(inputs, axes=layer._reduction_axes)
-        else:
-            mean, variance = layer.moving_mean.value, layer.moving_variance.value
-        return tf.reshape(mean, shape), tf.reshape(variance, shape)
+        shape[record.layer.axis % rank] = -1
+        centred = tf.cast(record.inputs, tf.float32) - tf.reshape(mean, shape)
+        rows = tf.reduce_sum(grads * centred, axis=summed)
+        return rows * tf.math.rsqrt(variance + record.layer.epsilon)
 
 
 class LayerNormalizationRule(NormalizationRule):
@@ -272,12 +326,12 @@ class LayerNormalizationRule(NormalizationRule):
         axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
         return sorted(a % rank for a in axes)
 
-    def statistics(self, layer, inputs, kwargs):
+    def forward(self, layer, original, args, kwargs):
+        inputs = tf.cast(args[0], tf.float32)
         axes = self.parameter_axes(layer, inputs.shape.rank)
         if 0 in axes:
             raise UnsupportedCall(f"{layer.name} normalises over the batch axis")
-        mean, variance = tf.nn.moments(inputs, axes=axes, keepdims=True)
-        return mean, variance
+        return original(*args, **kwargs), tf.nn.moments(inputs, axes=axes, keepdims=True)
 
 
 class EmbeddingRule(LayerRule):
@@ -288,13 +342,12 @@ class EmbeddingRule(LayerRule):
     def gradients(self, record, output_gradient):
         layer = record.layer
         vocabulary, width = layer.embeddings.shape
-        result = []
+        segments = []
         for ids, grads in zip(_split(record.inputs, record), _split(output_gradient, record)):
             rows = tf.reshape(tf.cast(grads, tf.float32), [-1, width])
             ids = tf.reshape(tf.cast(ids, tf.int32), [-1])
-            stream = tf.math.unsorted_segment_sum(rows, ids, vocabulary)
-            result.append({id(layer.embeddings): stream})
-        return result
+            segments.append(tf.math.unsorted_segment_sum(rows, ids, vocabulary))
+        return {id(layer.embeddings): tf.stack(segments)}
 
 
 def _plain(layer, cls) -> bool:

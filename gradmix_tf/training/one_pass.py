@@ -121,10 +121,17 @@ def make_plan(model) -> Plan:
 
 @dataclasses.dataclass(frozen=True)
 class Gradients:
-    """Each batch's loss, gradients on the target's path [V] and on its own variables."""
+    """What one pass gives a step's batches (the streams', then the target's).
+
+    Attributes:
+        losses: each batch's loss (the global-batch mean, times the replicas).
+        stacked_grads: V tensors [batches, ...]: each variable of the target's path, its
+            gradient from each batch (float32, unscaled; zeros where a batch has none).
+        own_grads: each batch's gradients on its own head and label adapter.
+    """
 
     losses: list
-    path_grads: list
+    stacked_grads: list
     own_grads: list
 
 
@@ -189,19 +196,22 @@ class JointPass:
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
         adapter_grads = dict(zip(map(id, adapters), output_grads[len(calls) :]))
-        streams = [{} for _ in batches]  # per batch: {variable id: gradient}
+        whole, parts = {}, {}  # variable id -> [[batches, ...]], {batch: [gradients]}
+        every_batch = tuple(range(len(batches)))
         for call, output_grad in zip(calls, output_grads):
-            for segment, grads in zip(call.segments, call.rule.gradients(call, output_grad)):
-                for key, grad in grads.items():
-                    total = streams[segment].get(key)
-                    streams[segment][key] = grad if total is None else total + grad
+            for key, stacked in call.rule.gradients(call, output_grad).items():
+                if call.segments == every_batch:
+                    whole.setdefault(key, []).append(stacked)
+                    continue
+                for segment, grad in zip(call.segments, tf.unstack(stacked, len(call.segments))):
+                    parts.setdefault(key, {}).setdefault(segment, []).append(grad)
         del tape
-        return self._assemble(batches, losses, streams, adapter_grads)
+        return self._assemble(batches, losses, whole, parts, adapter_grads)
 
     def _forward(self, plan, batches, tape):
         """[B] per-example losses of each batch, and the recorded layer calls."""
         model = self.model
-        sizes = tuple(tf.shape(b.x)[0] for b in batches)
+        sizes = tuple(b.x.shape[0] or tf.shape(b.x)[0] for b in batches)  # static if known
         with recording(plan.layers, plan.rules, tape) as recorder:
             recorder.segments, recorder.sizes = tuple(range(len(batches))), sizes
             features = model.trunk(tf.concat([b.x for b in batches], axis=0), training=True)
@@ -212,20 +222,36 @@ class JointPass:
                 per_example.append(model.head_loss(batch, part))
         return per_example, recorder.calls
 
-    def _assemble(self, batches, losses, streams, adapter_grads) -> Gradients:
-        """Gradients as `GradMixModel.stream_gradients` gives them: float32, unscaled,
-        zeros where a batch has none."""
-        model = self.model
-        path_grads, own_grads = [], []
-        for batch, grads in zip(batches, streams):
-            grads = {**grads, **adapter_grads} if batch.adapter is not None else grads
+    def _assemble(self, batches, losses, whole, parts, adapter_grads) -> Gradients:
+        """The gradients as `GradMixModel.stream_gradients` gives them (float32, unscaled,
+        zeros where a batch has none), those of the target's path stacked."""
+        model, guard = self.model, self.model.guard
+
+        def batch_grad(variable, batch):
+            grads = parts.get(id(variable), {}).get(batch)
+            if grads is None:
+                return tf.zeros_like(variable)
+            return tf.cast(tf.add_n(grads), variable.dtype)
+
+        def stacked(variable):
+            totals = [tf.cast(g, variable.dtype) for g in whole.get(id(variable), [])]
+            if id(variable) in parts or not totals:
+                totals.append(tf.stack([batch_grad(variable, b) for b in range(len(batches))]))
+            return tf.reshape(tf.add_n(totals), [len(batches), *variable.shape])
+
+        path_grads = guard.unscale([stacked(v) for v in model.path_variables])
+        own_grads = []
+        for b, batch in enumerate(batches):
             own = model._own_variables(batch.head, batch.adapter)
-            values = [
-                tf.cast(grads[id(v)], v.dtype) if id(v) in grads else tf.zeros_like(v)
-                for v in model.path_variables + own
-            ]
-            values = model.guard.unscale(values)
-            path_grads.append(values[: len(model.path_variables)])
-            own_grads.append(values[len(model.path_variables) :])
+            own_grads.append(
+                guard.unscale(
+                    [
+                        tf.cast(adapter_grads[id(v)], v.dtype)
+                        if id(v) in adapter_grads
+                        else batch_grad(v, b)
+                        for v in own
+                    ]
+                )
+            )
         replicas = distribute.num_replicas()
         return Gradients([loss * replicas for loss in losses], path_grads, own_grads)

@@ -31,7 +31,7 @@ import tensorflow as tf
 
 from gradmix_tf import distribute
 from gradmix_tf.mixing import weights
-from gradmix_tf.mixing.stream_gradients import StreamGradients
+from gradmix_tf.mixing.stream_gradients import StackedStreamGradients, StreamGradients
 from gradmix_tf.training.one_pass import JointPass
 
 GRADIENT_MEMORY = ("store", "recompute", "one_pass")
@@ -80,9 +80,9 @@ class StoredPasses(StreamPasses):
     def run(self, streams, target) -> StepGradients:
         """Steps 2-3, each stream's gradient kept for step 5."""
         model = self.model
-        losses, path_grads, head_grads = self.take_gradients(streams, target)
-        target_loss, target_grads = losses.pop(), path_grads.pop()
-        head_grads.pop()
+        results = [model.stream_gradients(stream) for stream in streams]
+        losses, path_grads, head_grads = ([r[i] for r in results] for i in range(3))
+        target_loss, target_grads, _ = model.stream_gradients(target)
         gradients = StreamGradients(
             [distribute.all_reduce_sum(g) for g in path_grads],
             distribute.all_reduce_sum(target_grads),
@@ -91,12 +91,6 @@ class StoredPasses(StreamPasses):
         )
         mix = functools.partial(self.mix, path_grads, target_grads)
         return StepGradients(losses, head_grads, target_loss, gradients, mix)
-
-    def take_gradients(self, streams, target):
-        """(losses, path gradients, own gradients) of the streams, then of the target:
-        one forward and backward pass each."""
-        results = [self.model.stream_gradients(batch) for batch in [*streams, target]]
-        return ([r[i] for r in results] for i in range(3))
 
     def mix(self, path_grads, target_grads, mixing_weights, target_weight):
         """Step 5: the local mixed gradient G [V] on the target's path."""
@@ -107,17 +101,28 @@ class StoredPasses(StreamPasses):
 
 class OnePassPasses(StoredPasses):
     """Every stream's gradient from one pass over the joint batch (`training.one_pass`),
-    kept for step 5; one pass a stream where the model cannot take one pass."""
+    stacked a variable ([S + 1, ...]: the streams, then the target) and kept for step 5;
+    one pass a stream (`StoredPasses`) where the model cannot take one pass."""
 
     def __init__(self, model):
         super().__init__(model)
         self.joint_pass = JointPass(model)
 
-    def take_gradients(self, streams, target):
+    def run(self, streams, target) -> StepGradients:
+        model = self.model
         result = self.joint_pass.gradients([*streams, target])
         if result is None:
-            return super().take_gradients(streams, target)
-        return list(result.losses), list(result.path_grads), list(result.own_grads)
+            return super().run(streams, target)
+        gradients = StackedStreamGradients(
+            distribute.all_reduce_sum(result.stacked_grads),
+            model.mixing_layer_ids,
+            model.num_mixing_layers,
+        )
+        mix = functools.partial(
+            weights.mix_stacked_gradients, result.stacked_grads, layer_ids=model.mixing_layer_ids
+        )
+        losses = list(result.losses)
+        return StepGradients(losses[:-1], result.own_grads[:-1], losses[-1], gradients, mix)
 
 
 class RecomputedPasses(StreamPasses):
