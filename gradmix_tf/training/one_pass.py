@@ -173,7 +173,7 @@ class JointPass:
         try:
             with tf.GradientTape(persistent=bool(plan.generic)) as tape:
                 per_example, calls = self._forward(plan, batches, tape)
-                losses = [model._scaled_mean(p, b) for p, b in zip(per_example, batches)]
+                losses = [model.scaled_mean(p, b) for p, b in zip(per_example, batches)]
                 scaled_loss = model.guard.scale_loss(tf.add_n(losses))
         except UnsupportedCall as error:
             logging.warning(
@@ -242,7 +242,7 @@ class JointPass:
         path_grads = guard.unscale([stacked(v) for v in model.path_variables])
         own_grads = []
         for b, batch in enumerate(batches):
-            own = model._own_variables(batch.head, batch.adapter)
+            own = model.own_variables(batch.head, batch.adapter)
             own_grads.append(
                 guard.unscale(
                     [
