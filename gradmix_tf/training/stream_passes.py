@@ -1,11 +1,11 @@
-"""Steps 2, 3 and 5 of a GradMix step: the streams' gradients, kept or recomputed.
+"""Steps 2, 3 and 5 of a GradMix step: the streams' gradients, kept, recomputed or from one pass.
 
 A GradMix step needs every stream's gradient twice: for the products the
 mixing rule reads (step 4), then for the mixed gradient (step 5). How they
 are held between the two is `GradMixOptions.gradient_memory`:
 
 - "store" (the default): every stream's gradient is kept, K + 1 copies of the
-  target's path (plus the mixed gradient): the fastest.
+  target's path (plus the mixed gradient).
 - "recompute": the streams' passes run one after another, each stream's
   gradient is reduced to its products with g_T and dropped; step 5 takes each
   stream's gradient again (a second forward and backward pass that starts from
@@ -17,8 +17,15 @@ are held between the two is `GradMixOptions.gradient_memory`:
   the products (every rule but "pcgrad" and the look-ahead solver, which read
   the gradients themselves).
 
-Both give the same step (tests/test_stream_passes.py); docs/RESULTS.md has
-their time and peak memory.
+- "one_pass": one forward and one backward pass over the streams' batches
+  concatenated give every stream's gradient, each layer's weight gradient
+  split by stream (`training.one_pass`), stacked a variable ([S + 1, ...])
+  and kept, as "store" keeps them; the fastest. It serves every rule.
+
+"store" and "recompute" give the same step (tests/test_stream_passes.py);
+"one_pass" gives it where no layer mixes a batch's rows (batch normalisation
+in training mode normalises over the joint batch: tests/test_one_pass.py).
+docs/RESULTS.md has their time and peak memory.
 """
 
 from __future__ import annotations
