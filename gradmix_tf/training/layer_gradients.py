@@ -14,12 +14,14 @@ the backward pass gives it as the probe's gradient) and turns what it recorded a
 that output gradient into each stream's gradients of the layer's own variables
 (`gradients`). The rules, by layer type (`rule_for`):
 
-- Dense, Conv1D/2D/3D (not causal), DepthwiseConv2D: the probe sits before the
-  activation; the kernel's gradient is the vector-Jacobian product of the layer's own
-  linear operation (`ops.matmul`, `convolution_op`, `ops.depthwise_conv`) on the
-  stream's rows of the input with the stream's rows of the output gradient (the
-  operation's forward result is unused and pruned from the graph); the bias's, the
-  output gradient summed over the stream's rows.
+- Dense, Conv1D/2D/3D (not causal), DepthwiseConv2D: the probe sits before the bias
+  and the activation; the kernel's gradient is, for a Dense layer or a 1x1 convolution
+  of stride 1 with the streams' batches of one static size, one batched matmul of the
+  streams' rows of the input and of the output gradient, and otherwise the
+  vector-Jacobian product of the layer's own linear operation (`ops.matmul`,
+  `convolution_op`, `ops.depthwise_conv`) on each stream's rows (the operation's
+  forward result is unused and pruned from the graph); the bias's, the output gradient
+  summed over the stream's rows.
 - BatchNormalization (no renorm, not synchronised, no mask), LayerNormalization (no
   `rms_scaling`): the probe sits at the output; scale and offset take the sums of
   (output gradient x normalised input) and of the output gradient over the stream's

@@ -19,7 +19,8 @@ A layer is recorded by replacing its `call` for the pass, under a lock (replicas
 their steps in threads of their own; a thread that does not record calls the layer as it
 is). `JointPass.plan` finds the layers that own the model's trainable variables once and
 says which take the generic rule; a model whose variables it cannot attribute to a layer,
-or a pass it cannot record, is trained with one pass a stream instead (logged once).
+a step whose streams' inputs differ in shape, or a pass it cannot record, is trained with
+one pass a stream instead (logged).
 """
 
 from __future__ import annotations
@@ -41,10 +42,33 @@ from gradmix_tf.training.layer_gradients import (
 
 _RECORDING = threading.local()
 _INSTALL_LOCK = threading.Lock()
+_FALLBACK = "gradient_memory='one_pass': %s; the step takes one pass a stream."
+
+
+def _unlike_inputs(batches) -> str | None:
+    """Why the batches cannot be concatenated (inputs of different shapes), or None."""
+    shapes = {tuple(b.x.shape[1:]) for b in batches}
+    return f"the streams' inputs differ in shape: {sorted(shapes)}" if len(shapes) > 1 else None
+
+
+def _by_batch(calls, output_grads, num_batches: int):
+    """Each variable's gradients from the recorded calls: ({id: [[batches, ...]]} from the
+    calls on every batch, {id: {batch: [gradients]}} from the calls on some)."""
+    whole, parts = {}, {}
+    every_batch = tuple(range(num_batches))
+    for call, output_grad in zip(calls, output_grads):
+        for key, stacked in call.rule.gradients(call, output_grad).items():
+            if call.segments == every_batch:
+                whole.setdefault(key, []).append(stacked)
+                continue
+            for segment, grad in zip(call.segments, tf.unstack(stacked, len(call.segments))):
+                parts.setdefault(key, {}).setdefault(segment, []).append(grad)
+    return whole, parts
 
 
 class Recorder:
-    """The layer calls of one recorded pass, and the segments the next calls hold."""
+    """The layer calls of one recorded pass (`calls`), and the batches (`segments`, with
+    their sizes) whose rows the next calls' inputs hold."""
 
     def __init__(self, rules: dict, tape: tf.GradientTape):
         self.rules = rules  # id(layer) -> LayerRule
@@ -150,10 +174,7 @@ class JointPass:
         if self._plan is None:
             self._plan = make_plan(self.model)
             if self._plan.unsupported:
-                logging.warning(
-                    "gradient_memory='one_pass': %s; the step takes one pass a stream.",
-                    self._plan.unsupported,
-                )
+                logging.warning(_FALLBACK, self._plan.unsupported)
             elif self._plan.generic:
                 logging.info(
                     "gradient_memory='one_pass': layers %s take each stream's gradient by a "
@@ -167,46 +188,36 @@ class JointPass:
         """Losses and gradients of `batches` (the streams', then the target's), or None
         when this pass cannot be recorded (logged; the caller takes one pass a stream)."""
         plan = self.plan()
-        if plan.unsupported:
+        unrecordable = plan.unsupported or _unlike_inputs(batches)
+        if unrecordable is None:
+            try:
+                with tf.GradientTape(persistent=bool(plan.generic)) as tape:
+                    per_example, calls = self._forward(plan, batches, tape)
+                    losses = [self.model.scaled_mean(p, b) for p, b in zip(per_example, batches)]
+                    scaled_loss = self.model.guard.scale_loss(tf.add_n(losses))
+                unrecordable = self._uncalled(plan, calls)
+            except UnsupportedCall as error:
+                unrecordable = str(error)
+        if unrecordable is not None:
+            if not plan.unsupported:  # (said once, by `plan`)
+                logging.warning(_FALLBACK, unrecordable)
             return None
-        model = self.model
-        try:
-            with tf.GradientTape(persistent=bool(plan.generic)) as tape:
-                per_example, calls = self._forward(plan, batches, tape)
-                losses = [model.scaled_mean(p, b) for p, b in zip(per_example, batches)]
-                scaled_loss = model.guard.scale_loss(tf.add_n(losses))
-        except UnsupportedCall as error:
-            logging.warning(
-                "gradient_memory='one_pass': %s; the step takes one pass a stream.", error
-            )
-            return None
-        called = {id(call.layer) for call in calls}
-        uncalled = [v.path for v in model.path_variables if plan.owners[id(v)] not in called]
-        if uncalled:
-            logging.warning(
-                "gradient_memory='one_pass': the pass did not call the layers of %s; the step "
-                "takes one pass a stream.",
-                uncalled[:3],
-            )
-            return None
-        adapters = [v for a in model.label_adapters for v in a.trainable_variables]
+        adapters = [v for a in self.model.label_adapters for v in a.trainable_variables]
         output_grads = tape.gradient(
             scaled_loss,
             [call.probe for call in calls] + adapters,
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
         adapter_grads = dict(zip(map(id, adapters), output_grads[len(calls) :]))
-        whole, parts = {}, {}  # variable id -> [[batches, ...]], {batch: [gradients]}
-        every_batch = tuple(range(len(batches)))
-        for call, output_grad in zip(calls, output_grads):
-            for key, stacked in call.rule.gradients(call, output_grad).items():
-                if call.segments == every_batch:
-                    whole.setdefault(key, []).append(stacked)
-                    continue
-                for segment, grad in zip(call.segments, tf.unstack(stacked, len(call.segments))):
-                    parts.setdefault(key, {}).setdefault(segment, []).append(grad)
+        whole, parts = _by_batch(calls, output_grads, len(batches))
         del tape
         return self._assemble(batches, losses, whole, parts, adapter_grads)
+
+    def _uncalled(self, plan, calls) -> str | None:
+        """What is wrong when a recorded pass did not call the owner of a path variable."""
+        called = {id(call.layer) for call in calls}
+        paths = [v.path for v in self.model.path_variables if plan.owners[id(v)] not in called]
+        return f"the pass did not call the layers of {paths[:3]}" if paths else None
 
     def _forward(self, plan, batches, tape):
         """[B] per-example losses of each batch, and the recorded layer calls."""
