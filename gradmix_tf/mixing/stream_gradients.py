@@ -97,7 +97,7 @@ class StreamGradients:
 class StackedStreamGradients(StreamGradients):
     """`StreamGradients` from each variable's gradients stacked: [S + 1, ...], the S
     streams' then the target's (`gradient_memory="one_pass"`); the products take one
-    multiply and one sum a variable for all streams.
+    matrix-vector product and one sum of squares a variable for all streams.
 
     Args:
         stacked: V tensors [S + 1, ...] (global).
