@@ -16,6 +16,10 @@ so any number of sources K can be timed; every stream has
   one forward/backward pass a stream (K sources and the labelled target),
   the layer-wise mixing weights, the mixed gradient, the adaptive learning
   rate, one optimizer step.
+- `one_pass`: the same GradMix step with `gradient_memory="one_pass"`: every
+  stream's gradient from one forward and one backward pass over the concatenated
+  batch (`gradmix_tf.training.one_pass`; batch normalisation then normalises over
+  the joint batch, as joint training does).
 - `joint`: what a user writes for joint training: ONE forward/backward pass
   on the concatenated batch of all K + 1 streams (each stream's examples
   through its own head, the sum of the streams' mean losses), one optimizer
@@ -33,7 +37,7 @@ allocated before it (TensorFlow's CPU allocator statistics; on a GPU the
 device's), the largest over rounds, and the time of each method's first step
 (`trace s`: tracing the step into a graph, optimising it, and running it
 once), which a run pays once. The last line is the GradMix / joint step-time
-ratio at K = 2 (or the first K timed).
+ratios at K = 2 (or the first K timed): one_pass's, then gradmix's.
 
 Any trunk a config names is timed: `configs/backbone.py` is a keras.applications
 backbone by name (`--config.model.backbone=ResNet50`, `EfficientNetB0`, ...).
@@ -76,7 +80,7 @@ _INTER_OP_THREADS = flags.DEFINE_integer(
 )
 flags.mark_flags_as_required(["config"])
 
-METHODS = ("gradmix", "joint", "uniform")
+METHODS = ("gradmix", "one_pass", "joint", "uniform")
 
 
 def make_batches(config, data, num_sources: int, count: int) -> list[dict]:
@@ -175,6 +179,7 @@ def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, j
     keras.utils.set_random_seed(config.seed)
     models = {
         "gradmix": make_model(config, data, num_sources),
+        "one_pass": make_model(config, data, num_sources, gradient_memory="one_pass"),
         "joint": make_model(
             config, data, num_sources, mixing="uniform", adaptive_learning_rate=False
         ),
@@ -189,6 +194,7 @@ def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, j
             variable.assign(value)
     functions = {
         "gradmix": models["gradmix"].train_step,
+        "one_pass": models["one_pass"].train_step,
         "joint": joint_step_function(models["joint"]),
         "uniform": models["uniform"].train_step,
     }
@@ -257,10 +263,11 @@ def main(argv):
         reference = table["joint"][0]
         for method in METHODS:
             print(format_row(num_sources, method, table[method], reference), flush=True)
-        ratios[num_sources] = table["gradmix"][0] / reference
+        ratios[num_sources] = {m: table[m][0] / reference for m in ("one_pass", "gradmix")}
     print(f"one gradient copy of the target's path: {grad_mib:.2f} MiB")
     k = 2 if 2 in ratios else counts[0]
-    print(f"gradmix/joint step-time ratio (K={k}): {ratios[k]:.2f}")
+    for method, ratio in ratios[k].items():
+        print(f"{method}/joint step-time ratio (K={k}): {ratio:.2f}")
 
 
 if __name__ == "__main__":

@@ -92,3 +92,45 @@ class StreamGradients:
         target_total = tf.reduce_sum(target_sq)
         stream_part = tf.reduce_sum(tf.cast(mixing_weights, tf.float32) * dots)
         return stream_part + tf.cast(target_weight, tf.float32) * target_total, target_total
+
+
+class StackedStreamGradients(StreamGradients):
+    """`StreamGradients` from each variable's gradients stacked: [S + 1, ...], the S
+    streams' then the target's (`gradient_memory="one_pass"`); the products take one
+    matrix-vector product and one sum of squares a variable for all streams.
+
+    Args:
+        stacked: V tensors [S + 1, ...] (global).
+        layer_ids: python list of V ints, the mixing layer (group) of each variable.
+        num_layers: L.
+    """
+
+    def __init__(self, stacked, layer_ids, num_layers: int):
+        self.stacked = list(stacked)
+        self.layer_ids = list(layer_ids)
+        self.num_layers = int(num_layers)
+
+    @functools.cached_property
+    def streams(self):
+        """S lists of V gradients (for the rules that read the gradients themselves)."""
+        count = int(self.stacked[0].shape[0]) - 1
+        return [[g[s] for g in self.stacked] for s in range(count)]
+
+    @functools.cached_property
+    def target(self):
+        return [g[-1] for g in self.stacked]
+
+    @property
+    def num_streams(self) -> int:
+        return int(self.stacked[0].shape[0]) - 1
+
+    @functools.cached_property
+    def variable_products(self):
+        """(dots [S, V], target_sq [V], stream_sq [S, V]), taken once."""
+        dots, squares = [], []
+        for stacked in self.stacked:
+            flat = tf.reshape(tf.cast(stacked, tf.float32), [stacked.shape[0], -1])
+            dots.append(tf.linalg.matvec(flat[:-1], flat[-1]))  # [S]
+            squares.append(tf.reduce_sum(tf.square(flat), axis=1))  # [S + 1]
+        dots, squares = tf.stack(dots, axis=1), tf.stack(squares, axis=1)  # [S(+1), V]
+        return dots, squares[-1], squares[:-1]

@@ -160,6 +160,27 @@ def mix_gradients(stream_grads, weights, layer_ids, target_grads, target_weight=
     return mixed
 
 
+def mix_stacked_gradients(stacked_grads, weights, target_weight=1.0, *, layer_ids):
+    """Step 5 from stacked gradients: G_v = sum_s w[s, layer(v)] g_s,v + lambda_T g_T,v.
+
+    Args:
+        stacked_grads: V tensors [S + 1, ...]: each variable's S stream gradients, then
+            its target gradient.
+        weights: [S, L] mixing weights.
+        target_weight: lambda_T.
+        layer_ids: python list of V ints, the layer of each variable.
+
+    Returns:
+        a list of V mixed gradients.
+    """
+    layer_weights = tf.gather(tf.cast(weights, tf.float32), layer_ids, axis=1)  # [S, V]
+    mixed = []
+    for v, stacked in enumerate(stacked_grads):
+        factors = tf.concat([layer_weights[:, v], [tf.cast(target_weight, tf.float32)]], 0)
+        mixed.append(tf.tensordot(tf.cast(factors, stacked.dtype), stacked, axes=1))
+    return mixed
+
+
 def layer_alignment(target_grads, stream_grads, layer_ids, num_layers: int, alignment="cosine"):
     """u [S, L]: the alignment of each stream with the target on each layer.
 

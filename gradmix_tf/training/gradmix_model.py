@@ -349,7 +349,10 @@ class GradMixModel(keras.Model):
         """[B] the cross-entropy of each example in its stream's head (training mode); a
         stream with a label adapter predicts through h_T and the adapter (while the adapters
         are not active yet, through its own head)."""
-        features = self.trunk(batch.x, training=True)
+        return self.head_loss(batch, self.trunk(batch.x, training=True))
+
+    def head_loss(self, batch: StreamBatch, features):
+        """[B] `per_example_loss` from the trunk's features of the batch."""
         if batch.adapter is None:
             return cross_entropy(batch.labels, self.heads[batch.head](features, training=True))
         target_logits = self.heads[0](features, training=True)
@@ -360,7 +363,7 @@ class GradMixModel(keras.Model):
         active = self.label_adapters_active.value
         return active * through_target + (1.0 - active) * own
 
-    def _own_variables(self, head: int, adapter: int | None) -> list:
+    def own_variables(self, head: int, adapter: int | None) -> list:
         """The trainable variables only a stream's own loss trains: its head `head` (unless
         h_T) and its label adapter `adapter`."""
         own = list(self.heads[head].trainable_variables) if head else []
@@ -393,14 +396,18 @@ class GradMixModel(keras.Model):
         """
         if state is not None:
             self._restore_layer_states(batch.head, state)
-        own_variables = self._own_variables(batch.head, batch.adapter)
+        own_variables = self.own_variables(batch.head, batch.adapter)
         with tf.GradientTape() as tape:
-            loss = self._scaled_mean(self.per_example_loss(batch), batch)
+            loss = self.scaled_mean(self.per_example_loss(batch), batch)
             scaled_loss = self.guard.scale_loss(loss)
         variables = self.path_variables + own_variables
         grads = tape.gradient(scaled_loss, variables)
-        # A stream with its own head has no gradient on h_T: zeros, not None.
-        grads = [tf.zeros_like(v) if g is None else g for g, v in zip(grads, variables)]
+        # A stream with its own head has no gradient on h_T: zeros, not None; an
+        # embedding's sparse gradient dense, as the products and the mix read it.
+        grads = [
+            tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
+            for g, v in zip(grads, variables)
+        ]
         grads = self.guard.unscale(grads)
         num_path = len(self.path_variables)
         return loss * distribute.num_replicas(), grads[:num_path], grads[num_path:]
@@ -417,11 +424,11 @@ class GradMixModel(keras.Model):
                 params[:num_trunk], trunk_state, target.x, training=True
             )
             logits, _ = self.heads[0].stateless_call(params[num_trunk:], head_state, features)
-            return self._scaled_mean(cross_entropy(target.labels, logits), target)
+            return self.scaled_mean(cross_entropy(target.labels, logits), target)
 
         return target_loss
 
-    def _scaled_mean(self, per_example, batch: StreamBatch):
+    def scaled_mean(self, per_example, batch: StreamBatch):
         """The (weighted) mean over the GLOBAL batch, so replicas' gradients sum to it."""
         if batch.example_weights is None:
             count = tf.cast(tf.shape(per_example)[0], tf.float32) * distribute.num_replicas()
@@ -437,7 +444,7 @@ class GradMixModel(keras.Model):
         grads, variables = list(mixed), list(self.path_variables)
         own = {}  # variable id -> (variable, [gradients]), in stream order
         for stream_grads, head, adapter in zip(head_grads, self.stream_heads, self.stream_adapters):
-            for variable, grad in zip(self._own_variables(head, adapter), stream_grads):
+            for variable, grad in zip(self.own_variables(head, adapter), stream_grads):
                 own.setdefault(id(variable), (variable, []))[1].append(grad)
         for variable, parts in own.values():
             grads.append(tf.add_n(parts))

@@ -104,7 +104,18 @@ class GradMixOptions:
             "recompute" (each stream's gradient taken twice, one at a time:
             at most three copies, for one more forward/backward pass a
             stream); `training.stream_passes`. "recompute" serves every
-            rule but "pcgrad" and the look-ahead solver.
+            rule but "pcgrad" and the look-ahead solver. "one_pass": every
+            stream's gradient from one forward and one backward pass over the
+            streams' batches concatenated, each layer's weight gradient split
+            by stream (`training.one_pass`, `training.layer_gradients`: Dense,
+            Conv1D/2D/3D, DepthwiseConv2D, BatchNormalization's and
+            LayerNormalization's scale and offset, Embedding by formula, any
+            other layer by a vector-Jacobian product of that layer a stream;
+            a model it cannot record takes one pass a stream, logged). The
+            same step as "store" wherever no layer mixes a batch's rows;
+            batch normalisation in training mode normalises over the joint
+            batch, as joint training does. K + 2 gradient copies, as "store";
+            every rule.
     """
 
     mixing: str = "gradmix"

@@ -1,11 +1,11 @@
-"""Steps 2, 3 and 5 of a GradMix step: the streams' gradients, kept or recomputed.
+"""Steps 2, 3 and 5 of a GradMix step: the streams' gradients, kept, recomputed or from one pass.
 
 A GradMix step needs every stream's gradient twice: for the products the
 mixing rule reads (step 4), then for the mixed gradient (step 5). How they
 are held between the two is `GradMixOptions.gradient_memory`:
 
 - "store" (the default): every stream's gradient is kept, K + 1 copies of the
-  target's path (plus the mixed gradient): the fastest.
+  target's path (plus the mixed gradient).
 - "recompute": the streams' passes run one after another, each stream's
   gradient is reduced to its products with g_T and dropped; step 5 takes each
   stream's gradient again (a second forward and backward pass that starts from
@@ -17,8 +17,15 @@ are held between the two is `GradMixOptions.gradient_memory`:
   the products (every rule but "pcgrad" and the look-ahead solver, which read
   the gradients themselves).
 
-Both give the same step (tests/test_stream_passes.py); docs/RESULTS.md has
-their time and peak memory.
+- "one_pass": one forward and one backward pass over the streams' batches
+  concatenated give every stream's gradient, each layer's weight gradient
+  split by stream (`training.one_pass`), stacked a variable ([S + 1, ...])
+  and kept, as "store" keeps them; the fastest. It serves every rule.
+
+"store" and "recompute" give the same step (tests/test_stream_passes.py);
+"one_pass" gives it where no layer mixes a batch's rows (batch normalisation
+in training mode normalises over the joint batch: tests/test_one_pass.py).
+docs/RESULTS.md has their time and peak memory.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ import tensorflow as tf
 
 from gradmix_tf import distribute
 from gradmix_tf.mixing import weights
-from gradmix_tf.mixing.stream_gradients import StreamGradients
+from gradmix_tf.mixing.stream_gradients import StackedStreamGradients, StreamGradients
+from gradmix_tf.training.one_pass import JointPass
 
-GRADIENT_MEMORY = ("store", "recompute")
+GRADIENT_MEMORY = ("store", "recompute", "one_pass")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +106,32 @@ class StoredPasses(StreamPasses):
         )
 
 
+class OnePassPasses(StoredPasses):
+    """Every stream's gradient from one pass over the joint batch (`training.one_pass`),
+    stacked a variable ([S + 1, ...]: the streams, then the target) and kept for step 5;
+    one pass a stream (`StoredPasses`) where the model cannot take one pass."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.joint_pass = JointPass(model)
+
+    def run(self, streams, target) -> StepGradients:
+        model = self.model
+        result = self.joint_pass.gradients([*streams, target])
+        if result is None:
+            return super().run(streams, target)
+        gradients = StackedStreamGradients(
+            distribute.all_reduce_sum(result.stacked_grads),
+            model.mixing_layer_ids,
+            model.num_mixing_layers,
+        )
+        mix = functools.partial(
+            weights.mix_stacked_gradients, result.stacked_grads, layer_ids=model.mixing_layer_ids
+        )
+        losses = list(result.losses)
+        return StepGradients(losses[:-1], result.own_grads[:-1], losses[-1], gradients, mix)
+
+
 class RecomputedPasses(StreamPasses):
     """Each stream's gradient reduced to its products, then taken again for the mix."""
 
@@ -149,5 +183,5 @@ class RecomputedPasses(StreamPasses):
 
 def make_stream_passes(model):
     """The passes `model.options.gradient_memory` names."""
-    kinds = {"store": StoredPasses, "recompute": RecomputedPasses}
+    kinds = {"store": StoredPasses, "recompute": RecomputedPasses, "one_pass": OnePassPasses}
     return kinds[model.options.gradient_memory](model)

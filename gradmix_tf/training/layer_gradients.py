@@ -1,0 +1,381 @@
+"""Each stream's share of a layer's weight gradient, from one pass over the joint batch.
+
+A layer's weight gradient over a batch is a sum over its examples: for a kernel, of
+(input activation) x (gradient at the layer's pre-activation output); for a scale or
+an offset, of (gradient at the output) times the normalised input, or alone. So one
+forward and one backward pass over the streams' batches concatenated give every
+stream's weight gradient, each the sum over its own rows, in the arithmetic of one
+joint weight gradient split among the streams (`gradient_memory="one_pass"`,
+`training.one_pass`).
+
+A `LayerRule` runs a layer's forward pass for the recording (`call`: the layer's own
+computation, plus a zero "probe" added where the needed output gradient is taken, so
+the backward pass gives it as the probe's gradient) and turns what it recorded and
+that output gradient into each stream's gradients of the layer's own variables
+(`gradients`). The rules, by layer type (`rule_for`):
+
+- Dense, Conv1D/2D/3D (not causal), DepthwiseConv2D: the probe sits before the bias
+  and the activation; the kernel's gradient is, for a Dense layer or a 1x1 convolution
+  of stride 1 with the streams' batches of one static size, one batched matmul of the
+  streams' rows of the input and of the output gradient, and otherwise the
+  vector-Jacobian product of the layer's own linear operation (`ops.matmul`,
+  `convolution_op`, `ops.depthwise_conv`) on each stream's rows (the operation's
+  forward result is unused and pruned from the graph); the bias's, the output gradient
+  summed over the stream's rows.
+- BatchNormalization (no renorm, not synchronised, no mask), LayerNormalization (no
+  `rms_scaling`): the probe sits at the output; scale and offset take the sums of
+  (output gradient x normalised input) and of the output gradient over the stream's
+  rows, the input normalised with the statistics the layer used (the joint batch's in
+  training mode, the moving ones in inference mode).
+- Embedding: the output gradient's rows scattered to the stream's ids.
+- Any other layer that owns trainable variables (`VectorJacobianRule`): the probe
+  sits at the output, and each stream's gradient is the layer's vector-Jacobian
+  product with the output gradient masked to the stream's rows: exact for any layer,
+  at one backward pass of that layer a stream.
+
+Layers of these types whose behaviour these formulas do not cover (LoRA, quantised
+weights, a causal Conv1D, a subclass with its own `call`) take the generic rule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+
+@dataclasses.dataclass
+class LayerCall:
+    """One call of a layer in the recorded pass.
+
+    Attributes:
+        layer: the layer.
+        rule: its `LayerRule`.
+        segments: the step's batch indices (streams, then the target) whose rows
+            the call's inputs hold, in order.
+        sizes: the number of rows of each segment (ints where static, else scalar tensors).
+        probe: the zero tensor whose gradient is the output gradient the rule needs.
+        inputs: the call's first input (in the layer's compute dtype).
+        output: the layer's output before the probe (the generic rule's product).
+        saved: what the rule keeps of the forward pass (a kernel, the statistics).
+        tape: the tape recording the pass.
+    """
+
+    layer: keras.Layer
+    rule: LayerRule
+    segments: tuple
+    sizes: tuple
+    tape: tf.GradientTape
+    probe: tf.Tensor | None = None
+    inputs: tf.Tensor | None = None
+    output: tf.Tensor | None = None
+    saved: dict = dataclasses.field(default_factory=dict)
+
+
+def _probed(value, record: LayerCall):
+    """`value` plus a zero probe, watched by the recording tape."""
+    record.probe = tf.zeros_like(value)
+    record.tape.watch(record.probe)
+    return value + record.probe
+
+
+def _split(tensor, record: LayerCall) -> list:
+    """The rows of each segment of a recorded call."""
+    if len(record.sizes) == 1:
+        return [tensor]
+    return tf.split(tensor, tf.stack(record.sizes), num=len(record.sizes))
+
+
+def _row_sums(rows, record: LayerCall):
+    """[segments, ...] sums over the rows of each segment of a [N, ...] tensor."""
+    if len(record.sizes) == 1:
+        return tf.reduce_sum(rows, axis=0, keepdims=True)
+    ids = tf.repeat(tf.range(len(record.sizes)), tf.stack(record.sizes))
+    return tf.math.segment_sum(rows, ids)
+
+
+def _own_variables(layer) -> list:
+    """The trainable variables a layer owns itself (not its sublayers')."""
+    return [v for v in layer._trainable_variables if v.trainable] if layer.trainable else []
+
+
+class LayerRule:
+    """How one kind of layer is recorded and split into the streams' gradients."""
+
+    def call(self, layer, record: LayerCall, original, args, kwargs):
+        """The layer's output, recording what `gradients` needs in `record`."""
+        raise NotImplementedError
+
+    def gradients(self, record: LayerCall, output_gradient) -> dict:
+        """{variable id: [segments, *variable shape]}: each segment's gradient of each of
+        the layer's own variables.
+
+        Args:
+            record: the call.
+            output_gradient: the gradient of the loss at `record.probe`.
+        """
+        raise NotImplementedError
+
+
+class VectorJacobianRule(LayerRule):
+    """Any layer: the output gradient masked to a stream's rows, back through the layer."""
+
+    def call(self, layer, record, original, args, kwargs):
+        output = original(*args, **kwargs)
+        if not tf.is_tensor(output) or output.shape.rank in (None, 0):
+            raise UnsupportedCall(f"{layer.name} returns {type(output).__name__}, not one tensor")
+        record.output = output
+        return _probed(output, record)
+
+    def gradients(self, record, output_gradient):
+        variables, tape = _own_variables(record.layer), record.tape
+        ids = tf.repeat(tf.range(len(record.sizes)), tf.stack(record.sizes))
+        mask_shape = [-1] + [1] * (output_gradient.shape.rank - 1)
+        segments = []
+        for s in range(len(record.sizes)):
+            mask = tf.reshape(tf.cast(tf.equal(ids, s), output_gradient.dtype), mask_shape)
+            segments.append(
+                tape.gradient(
+                    record.output,
+                    variables,
+                    output_gradients=output_gradient * mask,
+                    unconnected_gradients=tf.UnconnectedGradients.ZERO,
+                )
+            )
+        return {id(v): tf.stack(grads) for v, grads in zip(variables, zip(*segments))}
+
+
+class UnsupportedCall(Exception):
+    """A call the one-pass recording cannot take (the step falls back to one pass a stream)."""
+
+
+class KernelRule(LayerRule):
+    """Dense, convolutions, depthwise convolutions: y = activation(op(x, kernel) + bias)."""
+
+    def linear(self, layer, inputs, kernel):
+        raise NotImplementedError
+
+    def bias_shape(self, layer, rank: int):
+        """The shape the bias is broadcast in (channels last: the bias as it is)."""
+        if getattr(layer, "data_format", "channels_last") == "channels_last":
+            return None
+        return (1, -1) + (1,) * (rank - 2)
+
+    def call(self, layer, record, original, args, kwargs):
+        inputs = args[0]
+        kernel = tf.convert_to_tensor(layer.kernel)  # in the compute dtype (autocast)
+        outputs = _probed(self.linear(layer, inputs, kernel), record)
+        record.inputs, record.saved["kernel"] = inputs, kernel
+        if layer.bias is not None:
+            shape = self.bias_shape(layer, outputs.shape.rank)
+            outputs = ops.add(
+                outputs, layer.bias if shape is None else ops.reshape(layer.bias, shape)
+            )
+        return outputs if layer.activation is None else layer.activation(outputs)
+
+    def pointwise(self, layer) -> bool:
+        """Whether the kernel is a matrix applied at every position of the last axis (a
+        Dense layer, a 1x1 convolution with stride 1, channels last)."""
+        return False
+
+    def gradients(self, record, output_gradient):
+        layer = record.layer
+        rank = output_gradient.shape.rank
+        channel = 1 if self.bias_shape(layer, rank) is not None else rank - 1
+        result = {id(layer.kernel): self.kernel_gradients(record, output_gradient)}
+        if layer.bias is not None:
+            rows = tf.reduce_sum(output_gradient, axis=[a for a in range(1, rank) if a != channel])
+            result[id(layer.bias)] = _row_sums(rows, record)
+        return result
+
+    def kernel_gradients(self, record, output_gradient):
+        """[segments, *kernel shape]: one matmul of the segments stacked where the kernel is
+        pointwise and the segments are of one static size, else the vector-Jacobian
+        product of the layer's linear operation on each segment's rows."""
+        layer, kernel = record.layer, record.saved["kernel"]
+        count, sizes = len(record.sizes), {tf.get_static_value(n) for n in record.sizes}
+        if self.pointwise(layer) and len(sizes) == 1 and None not in sizes:
+            inputs = tf.reshape(record.inputs, [count, -1, record.inputs.shape[-1]])
+            grads = tf.reshape(output_gradient, [count, -1, output_gradient.shape[-1]])
+            stacked = tf.matmul(inputs, grads, transpose_a=True)  # [segments, in, out]
+            return tf.reshape(stacked, [count, *kernel.shape])
+        segments = []
+        for inputs, grads in zip(_split(record.inputs, record), _split(output_gradient, record)):
+            with tf.GradientTape() as linear_tape:
+                linear_tape.watch(kernel)
+                outputs = self.linear(layer, inputs, kernel)
+            segments.append(linear_tape.gradient(outputs, kernel, grads))
+        return tf.stack(segments)
+
+
+class DenseRule(KernelRule):
+    def linear(self, layer, inputs, kernel):
+        return ops.matmul(inputs, kernel)
+
+    def pointwise(self, layer):
+        return True
+
+
+class ConvRule(KernelRule):
+    def linear(self, layer, inputs, kernel):
+        return layer.convolution_op(inputs, kernel)
+
+    def pointwise(self, layer):
+        return (
+            layer.data_format == "channels_last"
+            and layer.groups == 1
+            and all(k == 1 for k in layer.kernel_size)
+            and all(s == 1 for s in layer.strides)
+        )
+
+
+class DepthwiseConvRule(KernelRule):
+    def linear(self, layer, inputs, kernel):
+        return ops.depthwise_conv(
+            inputs,
+            kernel,
+            strides=layer.strides,
+            padding=layer.padding,
+            dilation_rate=layer.dilation_rate,
+            data_format=layer.data_format,
+        )
+
+
+class NormalizationRule(LayerRule):
+    """Scale and offset of a normalisation: y = x_hat * gamma + beta."""
+
+    def parameter_axes(self, layer, rank: int) -> list[int]:
+        raise NotImplementedError
+
+    def forward(self, layer, original, args, kwargs):
+        """(the layer's output, (mean, variance) it normalised its input with, broadcastable
+        to the input, float32)."""
+        raise NotImplementedError
+
+    def call(self, layer, record, original, args, kwargs):
+        if kwargs.get("mask") is not None:
+            raise UnsupportedCall(f"{layer.name} is called with a mask")
+        record.inputs = args[0]
+        outputs, record.saved["statistics"] = self.forward(layer, original, args, kwargs)
+        return _probed(outputs, record)
+
+    def scale_rows(self, record, grads, summed):
+        """[N, parameter shape] each row's sum of (output gradient x normalised input)."""
+        mean, variance = record.saved["statistics"]
+        normalised = (tf.cast(record.inputs, tf.float32) - mean) * tf.math.rsqrt(
+            variance + record.layer.epsilon
+        )
+        return tf.reduce_sum(grads * normalised, axis=summed)
+
+    def gradients(self, record, output_gradient):
+        layer, rank = record.layer, output_gradient.shape.rank
+        grads = tf.cast(output_gradient, tf.float32)
+        summed = [a for a in range(1, rank) if a not in self.parameter_axes(layer, rank)]
+        parameters = []
+        if layer.scale:
+            parameters.append((layer.gamma, self.scale_rows(record, grads, summed)))
+        if layer.center:
+            parameters.append((layer.beta, tf.reduce_sum(grads, axis=summed)))
+        return {  # rows: [N, parameter shape]
+            id(variable): tf.reshape(_row_sums(rows, record), [-1, *variable.shape])
+            for variable, rows in parameters
+        }
+
+
+class BatchNormalizationRule(NormalizationRule):
+    """The statistics are the moments the layer itself takes in training mode (the joint
+    batch's), or its moving statistics."""
+
+    def parameter_axes(self, layer, rank):
+        return [layer.axis % rank]
+
+    def forward(self, layer, original, args, kwargs):
+        if not (kwargs.get("training") and layer.trainable):
+            statistics = (layer.moving_mean.value, layer.moving_variance.value)
+            return original(*args, **kwargs), statistics
+        moments, thread = [], threading.get_ident()
+        layer_moments = layer._moments
+
+        def recorded_moments(*moment_args):
+            result = layer_moments(*moment_args)
+            if threading.get_ident() == thread:
+                moments.append(result)
+            return result
+
+        vars(layer)["_moments"] = recorded_moments
+        try:
+            outputs = original(*args, **kwargs)
+        finally:
+            vars(layer).pop("_moments", None)
+        return outputs, moments[0]
+
+    def scale_rows(self, record, grads, summed):
+        # The inverse standard deviation is one a channel: applied to the rows' sums.
+        mean, variance = record.saved["statistics"]
+        rank = grads.shape.rank
+        shape = [1] * rank
+        shape[record.layer.axis % rank] = -1
+        centred = tf.cast(record.inputs, tf.float32) - tf.reshape(mean, shape)
+        rows = tf.reduce_sum(grads * centred, axis=summed)
+        return rows * tf.math.rsqrt(variance + record.layer.epsilon)
+
+
+class LayerNormalizationRule(NormalizationRule):
+    def parameter_axes(self, layer, rank):
+        axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
+        return sorted(a % rank for a in axes)
+
+    def forward(self, layer, original, args, kwargs):
+        inputs = tf.cast(args[0], tf.float32)
+        axes = self.parameter_axes(layer, inputs.shape.rank)
+        if 0 in axes:
+            raise UnsupportedCall(f"{layer.name} normalises over the batch axis")
+        return original(*args, **kwargs), tf.nn.moments(inputs, axes=axes, keepdims=True)
+
+
+class EmbeddingRule(LayerRule):
+    def call(self, layer, record, original, args, kwargs):
+        record.inputs = args[0]
+        return _probed(original(*args, **kwargs), record)
+
+    def gradients(self, record, output_gradient):
+        layer = record.layer
+        vocabulary, width = layer.embeddings.shape
+        segments = []
+        for ids, grads in zip(_split(record.inputs, record), _split(output_gradient, record)):
+            rows = tf.reshape(tf.cast(grads, tf.float32), [-1, width])
+            ids = tf.reshape(tf.cast(ids, tf.int32), [-1])
+            segments.append(tf.math.unsorted_segment_sum(rows, ids, vocabulary))
+        return {id(layer.embeddings): tf.stack(segments)}
+
+
+def _plain(layer, cls) -> bool:
+    """`layer` computes what `cls.call` computes (no own `call`, no LoRA or quantisation)."""
+    return (
+        type(layer).call is cls.call
+        and not getattr(layer, "lora_enabled", False)
+        and layer.dtype_policy.quantization_mode is None
+    )
+
+
+def rule_for(layer) -> LayerRule:
+    """The rule of a layer that owns trainable variables (`VectorJacobianRule` for any
+    layer the formulas do not cover)."""
+    layers = keras.layers
+    if _plain(layer, layers.Dense):
+        return DenseRule()
+    for conv in (layers.Conv1D, layers.Conv2D, layers.Conv3D):
+        if _plain(layer, conv) and getattr(layer, "padding", "") != "causal":
+            return ConvRule()
+    if _plain(layer, layers.DepthwiseConv2D):
+        return DepthwiseConvRule()
+    if _plain(layer, layers.BatchNormalization) and not layer.renorm and not layer.synchronized:
+        return BatchNormalizationRule()
+    if _plain(layer, layers.LayerNormalization) and not layer.rms_scaling:
+        return LayerNormalizationRule()
+    if _plain(layer, layers.Embedding):
+        return EmbeddingRule()
+    return VectorJacobianRule()
