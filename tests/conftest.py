@@ -32,6 +32,18 @@ def seeded():
     keras.utils.set_random_seed(0)
 
 
+@pytest.fixture
+def op_determinism_kept():
+    """For tests whose runs turn on op determinism (train.deterministic) for the process:
+    it is turned off again after the test, as the session's smoke run does (Keras silently
+    compiles without XLA while it is on)."""
+    deterministic = tf_config.is_op_determinism_enabled()
+    yield
+    if not deterministic:
+        tf_config.disable_op_determinism()
+    keras.backend.clear_session()
+
+
 @pytest.fixture(scope="session")
 def two_replicas() -> tf.distribute.MirroredStrategy:
     """A MirroredStrategy over the two logical CPUs: two replicas in this process."""

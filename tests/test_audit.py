@@ -7,12 +7,16 @@ import os
 
 import numpy as np
 import pytest
+from tensorflow.python.framework import config as tf_config
 
 from configs import digits
 from gradmix_tf import audit
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
 from gradmix_tf.errors import UserError, WorkdirError
 from tests.workdir_testing import output_of, run_launcher
+
+# The audit's runs turn on op determinism for the process: off again after each test.
+pytestmark = pytest.mark.usefixtures("op_determinism_kept")
 
 TASK = "tests.task_helpers:shapes_task"  # one source, 3 target classes, 5 labels a class
 
@@ -104,7 +108,10 @@ def test_the_change_without_a_source_is_paired_and_judged_by_its_interval():
 def finished_audit(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("audit"))
     lines = []
+    deterministic = tf_config.is_op_determinism_enabled()
     report = audit.run_audit(_config(), workdir, folds=2, budget=0.34, progress=lines.append)
+    if not deterministic:  # as op_determinism_kept does, for a fixture wider than a test
+        tf_config.disable_op_determinism()
     return workdir, report, lines
 
 
