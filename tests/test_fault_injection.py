@@ -23,7 +23,6 @@ import time
 import keras
 import numpy as np
 import pytest
-from tensorflow.python.framework import config as tf_config
 
 from configs import digits as digits_config
 from gradmix_tf import experiment, workdir
@@ -35,14 +34,8 @@ SMOKE = "--config=configs/digits.py:smoke"
 RANDOM_KILLS = 2  # kills at random times, besides the named points
 
 
-@pytest.fixture(autouse=True)
-def op_determinism_kept():
-    """The rerun turns on op determinism (train.deterministic) for the process: undo it."""
-    deterministic = tf_config.is_op_determinism_enabled()
-    yield
-    if not deterministic:
-        tf_config.disable_op_determinism()
-    keras.backend.clear_session()
+# Runs here turn on op determinism for the process: off again after each test.
+pytestmark = pytest.mark.usefixtures("op_determinism_kept")
 
 
 def environment() -> dict:

@@ -18,9 +18,7 @@ import subprocess
 import sys
 import time
 
-import keras
 import pytest
-from tensorflow.python.framework import config as tf_config
 
 from configs import digits as digits_config
 from gradmix_tf import experiment, workdir
@@ -49,15 +47,8 @@ def smoke_config(**overrides):
     return config
 
 
-@pytest.fixture(autouse=True)
-def op_determinism_kept():
-    """A run turns on op determinism (train.deterministic) for the process: undo it, as
-    the session's smoke run does (tests/conftest.py)."""
-    deterministic = tf_config.is_op_determinism_enabled()
-    yield
-    if not deterministic:
-        tf_config.disable_op_determinism()
-    keras.backend.clear_session()
+# Runs here turn on op determinism for the process: off again after each test.
+pytestmark = pytest.mark.usefixtures("op_determinism_kept")
 
 
 @pytest.fixture
