@@ -47,9 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.stem_stride = 2  # spatial stride of the first convolution
     config.model.flatten = True  # keep where motion is (zoom / rotation direction)
 
-    # The closed form's (method gradmix_closed_form) layer total on this task, as measured in
+    # The closed form's (method closed_form) layer total on this task, as measured in
     # docs/RESULTS.md; the persistent rule of the default does not use it.
-    config.gradmix.weight_total = "1.0"
+    config.step.weight_total = "1.0"
     config.pseudo_labels.warmup_epochs = 4
     config.pseudo_labels.refresh_every = 2
 

@@ -3,7 +3,7 @@
 The offline digits task (MNIST 0-4 + UCI digits 5-9 -> MNIST photo-blend, 32x32 RGB) with
 a `keras_backbone` trunk instead of `small_cnn`: MobileNetV3Small (its own preprocessing,
 global average pooling, a 64-unit feature layer), mixed by block
-(`gradmix.layer_groups="block"`: 15 mixing groups instead of 88 layers). The weights are
+(`step.layer_groups="block"`: 15 mixing groups instead of 88 layers). The weights are
 random ("none") so that it runs offline; with network access (or the file in
 ~/.keras/models) `--config.model.weights=imagenet` starts from ImageNet, and
 `--config.model.weights=/path/to/file.weights.h5` from a local file.
@@ -45,7 +45,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Moving statistics of the backbone's batch normalisation: MobileNetV3's own 0.999 stays
     # near its initial values over a short run from random weights; 0: keep the backbone's.
     config.model.batch_norm_momentum = 0.9
-    config.gradmix.layer_groups = "block"
+    config.step.layer_groups = "block"
     config.optimizer.learning_rate = 1e-3
     if arg == "smoke":
         config.model.dense_units = 16

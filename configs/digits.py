@@ -10,7 +10,7 @@ with no network and no data directory.
     python -m launch.train --config=configs/digits.py:smoke --workdir=/tmp/smoke
     python -m launch.train --config=configs/digits.py --config.method=target_only ...
 
-Both sources predict through the target head with label adapters (`gradmix.label_adapter`).
+Both sources predict through the target head with label adapters (`step.label_adapter`).
 Expected cost and results (docs/RESULTS.md, "Label adapters"): under a minute on 2 CPU cores
 (25 s of training); target test accuracy 0.627 +- 0.039 over 10 seeds with 10 labels a
 class (one thread per run; seed 0 gives 0.554 with one thread, 0.579 with TensorFlow's
@@ -24,11 +24,12 @@ import ml_collections
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # gradmix (this config's rule), gradmix_closed_form (the paper's rule as reconstructed) and
-    # its ablations (gradmix_global, gradmix_no_adaptive_lr, gradmix_no_pseudo_labels), the
-    # persistent rule with pseudo-labels (gradmix_persistent) or a baseline (target_only, joint,
-    # pretrain_finetune, example_reweighting, pcgrad,
-    # oracle): the same trainer with a few fields fixed, see experiment.METHODS.
+    # gradmix (this config's step: the recommended default), closed_form (the paper's rule as
+    # reconstructed) and its ablations (closed_form_global, closed_form_no_adaptive_lr,
+    # closed_form_no_pseudo_labels, closed_form_cosine_gate), the persistent rule with or without
+    # pseudo-labels (persistent_pseudo_labels, persistent) or a baseline (target_only, joint,
+    # pretrain_finetune, example_reweighting, pcgrad, oracle): the same trainer with a few
+    # fields fixed, see experiment.METHODS.
     config.method = "gradmix"
     config.seed = 0
 
@@ -47,24 +48,24 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.dense_units = 64
     config.model.dropout = 0.0
 
-    # GradMixModel's options (docs/algorithm.md). The mixing rule is the persistent one with
+    # How each training step is taken: GradMixModel's options (docs/algorithm.md), for every rule. The mixing rule is the persistent one with
     # cosine alignment, chosen on the development tasks (docs/RESULTS.md, "Choosing the default
-    # mixing rule"); the paper's closed form as reconstructed is mixing="gradmix",
-    # alignment="dot" with pseudo-labels on (method gradmix_closed_form).
-    config.gradmix = ml_collections.ConfigDict()
-    config.gradmix.mixing = "persistent"  # or "gradmix" (closed form), "uniform" (joint), ...
-    config.gradmix.weight_solver = "closed_form"  # or "lookahead" (exact meta-gradient)
-    config.gradmix.alignment = "cosine"  # or "dot" (the closed form's)
-    config.gradmix.granularity = "layer"  # or "stream" (global weights)
+    # mixing rule"); the paper's closed form as reconstructed is rule="closed_form",
+    # alignment="dot" with pseudo-labels on (method closed_form).
+    config.step = ml_collections.ConfigDict()
+    # Or "closed_form", "lookahead" (the exact meta-gradient), "uniform" (joint), ...
+    config.step.rule = "persistent"
+    config.step.alignment = "cosine"  # or "dot" (the closed form's)
+    config.step.granularity = "layer"  # or "stream" (global weights)
     # What a "layer" of the weights is: "layer" (each layer with variables) or "block"
     # (the layers of a keras.applications block share a weight: configs/backbone.py).
-    config.gradmix.layer_groups = "layer"
-    config.gradmix.normalization = "per_layer"  # or "all", "none"
+    config.step.layer_groups = "layer"
+    config.step.normalization = "per_layer"  # or "all", "none"
     # What each layer's weights sum to: "num_streams" keeps joint training's scale (weights
     # 1 when every stream aligns equally); 1.0 shrinks the source gradient to ~1/S of it.
-    config.gradmix.weight_total = "num_streams"  # or a number
-    config.gradmix.target_weight = 1.0  # lambda_T
-    config.gradmix.share_target_head = True
+    config.step.weight_total = "num_streams"  # or a number
+    config.step.target_weight = 1.0  # lambda_T
+    config.step.share_target_head = True
     # Label adapters (docs/algorithm.md, "Label adapters"): a source with classes of the
     # target's (by name, or by its declared relation) predicts through h_T and a learned
     # relation M_s, instead of a head of its own; M_s starts at the name match ("name_match",
@@ -72,38 +73,38 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # ("estimate", adapter_warmup_epochs); target classes the source lacks keep "uniform" rows
     # or are "masked". On by default for every method, chosen on the development tasks
     # (docs/RESULTS.md, "Label adapters"): the name match, M_s learned 10x faster.
-    config.gradmix.label_adapter = True
-    config.gradmix.adapter_sources = ()  # only these sources by name; () every one
-    config.gradmix.adapter_start = "name_match"
-    config.gradmix.adapter_strength = 4.0
+    config.step.label_adapter = True
+    config.step.adapter_sources = ()  # only these sources by name; () every one
+    config.step.adapter_start = "name_match"
+    config.step.adapter_strength = 4.0
     # "estimate" from h_T on the source's examples ("target_head") or from the source's own
     # head on the labelled target ("source_head", GLC).
-    config.gradmix.adapter_estimate = "target_head"
+    config.step.adapter_estimate = "target_head"
     # A_s moves this many times faster than the other weights (under Adam).
-    config.gradmix.adapter_learning_rate_scale = 10.0
-    config.gradmix.adapter_absent_rows = "uniform"
-    config.gradmix.adapter_warmup_epochs = 0
-    config.gradmix.adapter_refresh_every = 0  # epochs; 0: estimated once
-    config.gradmix.adapter_trace_penalty = 0.0
-    config.gradmix.lookahead_init = 0.0
-    config.gradmix.lookahead_step_size = 0.0  # 0: the optimizer's learning rate
-    config.gradmix.adaptive_learning_rate = True
-    config.gradmix.rho_decay = 0.99
-    config.gradmix.r_min = 0.5
-    config.gradmix.r_max = 2.0
+    config.step.adapter_learning_rate_scale = 10.0
+    config.step.adapter_absent_rows = "uniform"
+    config.step.adapter_warmup_epochs = 0
+    config.step.adapter_refresh_every = 0  # epochs; 0: estimated once
+    config.step.adapter_trace_penalty = 0.0
+    config.step.lookahead_init = 0.0
+    config.step.lookahead_step_size = 0.0  # 0: the optimizer's learning rate
+    config.step.adaptive_learning_rate = True
+    config.step.rho_decay = 0.99
+    config.step.r_min = 0.5
+    config.step.r_max = 2.0
     # method=pretrain_finetune: the fraction of train.steps spent on source pre-training.
-    config.gradmix.pretrain_fraction = 0.5
-    # gradmix.mixing=persistent: weights from 1, moved each step by step_size x the alignment.
-    config.gradmix.persistent_init = 1.0
-    config.gradmix.persistent_step_size = 0.02
-    config.gradmix.persistent_max = 3.0
-    config.gradmix.jit_mixing_weights = False  # solve the weights with XLA (any strategy)
+    config.step.pretrain_fraction = 0.5
+    # step.rule=persistent: weights from 1, moved each step by step_size x the alignment.
+    config.step.persistent_init = 1.0
+    config.step.persistent_step_size = 0.02
+    config.step.persistent_max = 3.0
+    config.step.jit_mixing_weights = False  # solve the weights with XLA (any strategy)
     # "store" keeps every stream's gradient for the mix; "recompute" takes each stream's
     # gradient twice, one at a time: at most 3 gradient copies of the network whatever K,
     # for one more forward/backward pass a stream (large models, many sources); "one_pass"
     # takes every stream's gradient from one pass over the concatenated batch (batch
     # normalisation then normalises over the joint batch; docs/algorithm.md).
-    config.gradmix.gradient_memory = "store"
+    config.step.gradient_memory = "store"
 
     # Pseudo-labels for the unlabelled target images: off by default (on the development
     # tasks they cost accuracy, docs/RESULTS.md); the closed form of the paper uses them.
@@ -143,10 +144,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.benchmark = ml_collections.ConfigDict()
     config.benchmark.methods = (
         "gradmix",
-        "gradmix_closed_form",
-        "gradmix_global",
-        "gradmix_no_adaptive_lr",
-        "gradmix_no_pseudo_labels",
+        "closed_form",
+        "closed_form_global",
+        "closed_form_no_adaptive_lr",
+        "closed_form_no_pseudo_labels",
         "target_only",
         "joint",
         "pretrain_finetune",

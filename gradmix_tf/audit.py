@@ -54,7 +54,7 @@ import tensorflow as tf
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradmix_tf import distribute, experiment
+from gradmix_tf import config_renames, distribute, experiment
 from gradmix_tf import workdir as workdirs
 from gradmix_tf.callbacks.mixing_summaries import quiet_missing_glyphs
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
@@ -98,15 +98,15 @@ class Candidate:
         """A copy of `config` with this candidate's label adapter options."""
         config = ml_collections.ConfigDict(config.to_dict())
         for field, value in self.adapters:
-            config.gradmix[field] = value
+            config.step[field] = value
         return config
 
 
 def shared_label_sources(config: ml_collections.ConfigDict, data: MultiStreamData) -> list[str]:
     """The sources with classes of the target's that the config gives no label adapter:
     they predict through h_T as their labels stand (or on a head of their own)."""
-    adapted = config.gradmix.get("label_adapter", False)
-    only = tuple(config.gradmix.get("adapter_sources") or ())
+    adapted = config.step.get("label_adapter", False)
+    only = tuple(config.step.get("adapter_sources") or ())
     shared = []
     for source in data.sources:
         matches = matched_classes(
@@ -122,8 +122,8 @@ def candidates(config: ml_collections.ConfigDict, data: MultiStreamData) -> list
     the config shares as labelled, with its label relation learned instead."""
     names = [s.name for s in data.sources]
     found = [Candidate(ALL)] + [Candidate(f"without:{s}", (s,)) for s in names]
-    adapted = config.gradmix.get("label_adapter", False)
-    only = tuple(config.gradmix.get("adapter_sources") or ())
+    adapted = config.step.get("label_adapter", False)
+    only = tuple(config.step.get("adapter_sources") or ())
     for name in shared_label_sources(config, data):
         sources = (*only, name) if adapted else (name,)
         found.append(
@@ -245,6 +245,7 @@ def _check_settings(workdir: str, settings: dict, overwrite: bool):
     if os.path.exists(path):
         with open(path) as f:
             stored = json.load(f)
+        stored["config"] = config_renames.upgrade(stored.get("config", {}))
         if stored == json.loads(json.dumps(workdirs.json_safe(settings))) or overwrite:
             return
         differing = [k for k in ("folds", "budget", "repeats") if stored.get(k) != settings[k]]
@@ -509,7 +510,7 @@ def with_recommendation(
     """A copy of `config` that follows the finished audit in `workdir`: the sources it
     found to hurt are left out (`data.drop_sources`, added to any already left out), and
     those it found better with their label relation learned get a label adapter
-    (`gradmix.label_adapter`, `gradmix.adapter_sources`).
+    (`step.label_adapter`, `step.adapter_sources`).
 
     Raises:
         UserError: no finished audit there, or an audit of another task or seed (the
@@ -529,10 +530,10 @@ def with_recommendation(
     )
     learn = tuple(report.get("recommended_learned_relations") or ())
     if learn:  # as the audit's "learned:<source>" candidates trained
-        only = tuple(config.gradmix.get("adapter_sources") or ())
-        adapted = config.gradmix.get("label_adapter", False)
-        config.gradmix.adapter_sources = (*only, *learn) if adapted else learn
-        config.gradmix.label_adapter = True
+        only = tuple(config.step.get("adapter_sources") or ())
+        adapted = config.step.get("label_adapter", False)
+        config.step.adapter_sources = (*only, *learn) if adapted else learn
+        config.step.label_adapter = True
     return config
 
 

@@ -292,7 +292,7 @@ def plot_summary(summary: Sequence[dict], path: str, title: str):
         else "#d62728"
         if s["method"] == best
         else "#1f77b4"
-        if s["method"].startswith("gradmix")
+        if s["method"] not in experiment.BASELINES
         else "#7f7f7f"
         for s in summary
     ]

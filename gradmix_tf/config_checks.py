@@ -50,10 +50,10 @@ COUNTS = (  # >= 0
 )
 FLAGS = (
     "data.use_sources",
-    "gradmix.share_target_head",
-    "gradmix.label_adapter",
-    "gradmix.adaptive_learning_rate",
-    "gradmix.jit_mixing_weights",
+    "step.share_target_head",
+    "step.label_adapter",
+    "step.adaptive_learning_rate",
+    "step.jit_mixing_weights",
     "pseudo_labels.enabled",
     "pseudo_labels.class_balance",
     "pseudo_labels.confidence_weights",
@@ -63,7 +63,7 @@ CHOICES = {
     "optimizer.name": OPTIMIZERS,
     "optimizer.schedule": SCHEDULES,
     "train.on_nonfinite": ON_NONFINITE,
-    "gradmix.gradient_memory": GRADIENT_MEMORY,
+    "step.gradient_memory": GRADIENT_MEMORY,
     "train.distribute": distribute.STRATEGIES,
     "train.precision": distribute.PRECISIONS,
     "train.jit_compile": JIT_COMPILE,
@@ -76,9 +76,9 @@ RANGES = {  # field: (low, high, what), both ends included unless noted in `what
     "pseudo_labels.ema_decay": (0.0, 1.0, "in [0, 1) (0: no weight average)"),
     "model.dropout": (0.0, 1.0, "in [0, 1)"),
     "model.batch_norm_momentum": (0.0, 1.0, "in [0, 1) (0: the backbone's own)"),
-    "gradmix.pretrain_fraction": (0.0, 1.0, "in [0, 1]"),
-    "gradmix.target_weight": (0.0, math.inf, "a number >= 0"),
-    "gradmix.lookahead_step_size": (0.0, math.inf, "a number >= 0 (0: the learning rate)"),
+    "step.pretrain_fraction": (0.0, 1.0, "in [0, 1]"),
+    "step.target_weight": (0.0, math.inf, "a number >= 0"),
+    "step.lookahead_step_size": (0.0, math.inf, "a number >= 0 (0: the learning rate)"),
 }
 OPEN_AT_LOW = {"optimizer.learning_rate"}
 OPEN_AT_HIGH = {
@@ -135,7 +135,7 @@ def _check_names_and_ranges(config):
         inside = _is_number(value)
         inside = inside and (value > low if name in OPEN_AT_LOW else value >= low)
         inside = inside and (value < high if name in OPEN_AT_HIGH else value <= high)
-        if not inside and not (value is None and name == "gradmix.lookahead_step_size"):
+        if not inside and not (value is None and name == "step.lookahead_step_size"):
             raise ConfigError(f"{name} must be {what}, got {value!r}.")
 
 

@@ -150,7 +150,7 @@ def jit_compile_option(value) -> bool | str:
         raise ConfigError(
             f"train.jit_compile='on' compiles the whole step with XLA, which Keras 3 cannot do "
             f"under tf.distribute ({replicas} replicas): use 'auto' or 'off' (the mixing-weight "
-            "solve alone is still compiled with gradmix.jit_mixing_weights=True)."
+            "solve alone is still compiled with step.jit_mixing_weights=True)."
         )
     return value
 

@@ -46,7 +46,7 @@ import numpy as np
 import tensorflow as tf
 from absl import logging
 
-from gradmix_tf import distribute
+from gradmix_tf import config_renames, distribute
 from gradmix_tf import workdir as workdirs
 from gradmix_tf.callbacks.checkpoints import Checkpointer, batches_consumed, restore_latest
 from gradmix_tf.callbacks.label_relations import (
@@ -71,53 +71,55 @@ from gradmix_tf.training.options import GradMixOptions
 # Each method is GradMix's trainer with some fields fixed (same data, network,
 # optimizer, step budget and seeds): the baselines differ only by these
 # overrides (docs/algorithm.md, "Baselines").
-_NO_EXTRAS = {"gradmix.adaptive_learning_rate": False, "pseudo_labels.enabled": False}
-# GradMix's closed-form rule as reconstructed from the paper (the default until the study of
+_NO_EXTRAS = {"step.adaptive_learning_rate": False, "pseudo_labels.enabled": False}
+# The closed-form rule as reconstructed from the paper (the default until the study of
 # docs/RESULTS.md, "Choosing the default mixing rule"): dot-product alignment, per-layer
-# normalisation, pseudo-labels. Every old "gradmix" number is this method's.
+# normalisation, pseudo-labels.
 _CLOSED_FORM = {
-    "gradmix.mixing": "gradmix",
-    "gradmix.alignment": "dot",
+    "step.rule": "closed_form",
+    "step.alignment": "dot",
     "pseudo_labels.enabled": True,
 }
 # The persistent rule (the configs' default rule) with its cosine alignment.
-_PERSISTENT = {"gradmix.mixing": "persistent", "gradmix.alignment": "cosine"}
+_PERSISTENT = {"step.rule": "persistent", "step.alignment": "cosine"}
 # The baselines and the closed form: dot alignment as before the default changed.
-_BASELINE = {**_NO_EXTRAS, "gradmix.alignment": "dot"}
+_BASELINE = {**_NO_EXTRAS, "step.alignment": "dot"}
 METHODS = {
     # The default: the config's own values (configs/digits.py: the persistent rule with
     # cosine alignment, no pseudo-labels, the adaptive learning rate).
     "gradmix": {},
-    "gradmix_closed_form": _CLOSED_FORM,
+    "closed_form": _CLOSED_FORM,
     # Ablations of the closed form.
-    "gradmix_global": {**_CLOSED_FORM, "gradmix.granularity": "stream"},
-    "gradmix_no_adaptive_lr": {**_CLOSED_FORM, "gradmix.adaptive_learning_rate": False},
-    "gradmix_no_pseudo_labels": {**_CLOSED_FORM, "pseudo_labels.enabled": False},
+    "closed_form_global": {**_CLOSED_FORM, "step.granularity": "stream"},
+    "closed_form_no_adaptive_lr": {**_CLOSED_FORM, "step.adaptive_learning_rate": False},
+    "closed_form_no_pseudo_labels": {**_CLOSED_FORM, "pseudo_labels.enabled": False},
     # The persistent rule (docs/algorithm.md, "Mixing rules"), with and without pseudo-labels.
-    "gradmix_persistent": {**_PERSISTENT, "pseudo_labels.enabled": True},
-    "gradmix_persistent_no_pseudo_labels": {**_PERSISTENT, "pseudo_labels.enabled": False},
+    "persistent_pseudo_labels": {**_PERSISTENT, "pseudo_labels.enabled": True},
+    "persistent": {**_PERSISTENT, "pseudo_labels.enabled": False},
     # The closed form with cosine alignment and absolute weights (no per-layer normalisation:
     # w = max(cos, 0), a source that disagrees with the target everywhere takes nothing).
-    "gradmix_cosine_gate": {
-        "gradmix.mixing": "gradmix",
-        "gradmix.alignment": "cosine",
-        "gradmix.normalization": "none",
+    "closed_form_cosine_gate": {
+        "step.rule": "closed_form",
+        "step.alignment": "cosine",
+        "step.normalization": "none",
         "pseudo_labels.enabled": False,
     },
     # Baselines.
-    "target_only": {"data.use_sources": False, "gradmix.mixing": "gradmix", **_BASELINE},
-    "joint": {"gradmix.mixing": "uniform", **_BASELINE},
-    "pretrain_finetune": {"gradmix.mixing": "pretrain_finetune", **_BASELINE},
-    "example_reweighting": {"gradmix.mixing": "example_reweighting", **_BASELINE},
-    "pcgrad": {"gradmix.mixing": "pcgrad", **_BASELINE},
+    "target_only": {"data.use_sources": False, "step.rule": "closed_form", **_BASELINE},
+    "joint": {"step.rule": "uniform", **_BASELINE},
+    "pretrain_finetune": {"step.rule": "pretrain_finetune", **_BASELINE},
+    "example_reweighting": {"step.rule": "example_reweighting", **_BASELINE},
+    "pcgrad": {"step.rule": "pcgrad", **_BASELINE},
     # The upper reference: every target example labelled, no sources.
     "oracle": {
         "data.use_sources": False,
         "data.shots_per_class": 0,
-        "gradmix.mixing": "gradmix",
+        "step.rule": "closed_form",
         **_BASELINE,
     },
 }
+BASELINES = ("target_only", "joint", "pretrain_finetune", "example_reweighting", "pcgrad", "oracle")
+"""The methods that are not GradMix's rules: the baselines and the upper reference."""
 
 
 def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -128,6 +130,9 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
             (`gradmix_tf.config_checks`), before any data is loaded.
     """
     if config.method not in METHODS:
+        renamed = config_renames.method_name(config.method)
+        if renamed != config.method:
+            raise ConfigError(f"method {config.method!r} is now called {renamed!r}.")
         raise ConfigError(f"unknown method {config.method!r}; known methods: {', '.join(METHODS)}.")
     resolved = ml_collections.ConfigDict(config.to_dict())
     for field, value in METHODS[config.method].items():

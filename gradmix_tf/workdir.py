@@ -21,7 +21,7 @@ anything is written, what the directory holds:
   same run skipping such batches train alike up to that batch: the stop's advice is to
   resume with `skip`), `train.distribute` (one device, several, or several hosts train the
   same model: the tests check that two replicas equal one device to float rounding, so a
-  run killed on two GPUs may resume on one), `gradmix.gradient_memory` (gradients kept or
+  run killed on two GPUs may resume on one), `step.gradient_memory` (gradients kept or
   recomputed: the same step, tested to float rounding; "one_pass" the same step too,
   except that batch normalisation in training mode then normalises over the joint batch;
   a directory from before the field existed resumes) and `benchmark` (launch.benchmark's method and seed lists). A change of
@@ -59,6 +59,7 @@ import tempfile
 import ml_collections
 from absl import logging
 
+from gradmix_tf import config_renames
 from gradmix_tf.callbacks.checkpoints import PREFIX, checkpoint_paths, reads_back
 from gradmix_tf.errors import NotAWorkdirError, WorkdirError
 from gradmix_tf.export.saved_model import METADATA_FILE
@@ -92,7 +93,7 @@ UNCOMPARED_FIELDS = (
     "train.verbose",
     "train.on_nonfinite",
     "train.distribute",
-    "gradmix.gradient_memory",
+    "step.gradient_memory",
     "benchmark",
 )
 """Config fields (or groups) that may change on resume: they do not change what is
@@ -117,16 +118,16 @@ def _flatten(tree, prefix: str = "") -> dict:
 
 
 ADDED_FIELDS = {
-    "gradmix.label_adapter": False,
-    "gradmix.adapter_sources": [],
-    "gradmix.adapter_start": "name_match",
-    "gradmix.adapter_strength": 4.0,
-    "gradmix.adapter_estimate": "target_head",
-    "gradmix.adapter_learning_rate_scale": 1.0,
-    "gradmix.adapter_absent_rows": "uniform",
-    "gradmix.adapter_warmup_epochs": 0,
-    "gradmix.adapter_refresh_every": 0,
-    "gradmix.adapter_trace_penalty": 0.0,
+    "step.label_adapter": False,
+    "step.adapter_sources": [],
+    "step.adapter_start": "name_match",
+    "step.adapter_strength": 4.0,
+    "step.adapter_estimate": "target_head",
+    "step.adapter_learning_rate_scale": 1.0,
+    "step.adapter_absent_rows": "uniform",
+    "step.adapter_warmup_epochs": 0,
+    "step.adapter_refresh_every": 0,
+    "step.adapter_trace_penalty": 0.0,
     "data.task_options.label_space_source": "",
 }
 """Config fields added after work directories were written, with the value that trains
@@ -206,14 +207,15 @@ def check_is_ours(workdir: str):
 
 
 def stored_config(workdir: str) -> dict | None:
-    """The `config.json` of `workdir` (None when there is none)."""
+    """The `config.json` of `workdir` in today's names (`config_renames.upgrade`; None
+    when there is none)."""
     check_is_directory(workdir)
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         return None
     try:
         with open(path) as f:
-            return json.load(f)
+            return config_renames.upgrade(json.load(f))
     except (OSError, ValueError) as error:
         raise WorkdirError(
             f"cannot read {path} ({error}): {workdir} does not say which config it trained."

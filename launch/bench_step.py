@@ -25,7 +25,7 @@ so any number of sources K can be timed; every stream has
   through its own head, the sum of the streams' mean losses), one optimizer
   step. This is the reference of the step-time ratio.
 - `uniform`: the project's own joint-training path, `GradMixModel` with
-  `mixing="uniform"` and no adaptive learning rate (`--config.method=joint`):
+  `rule="uniform"` and no adaptive learning rate (`--config.method=joint`):
   one pass a stream, every weight 1.
 
 Each step is one traced `tf.function` (`--jit_step` compiles it with XLA).
@@ -102,11 +102,11 @@ def make_batches(config, data, num_sources: int, count: int) -> list[dict]:
 
 def make_model(config, data, num_sources: int, **overrides) -> GradMixModel:
     """The config's GradMixModel (`experiment.build_model`) for K sources, no
-    pseudo-labelled stream, compiled; `overrides` replace `config.gradmix` fields."""
+    pseudo-labelled stream, compiled; `overrides` replace `config.step` fields."""
     config = ml_collections.ConfigDict(config.to_dict())
     config.pseudo_labels.enabled = False
     for field, value in overrides.items():
-        config.gradmix[field] = value
+        config.step[field] = value
     sources = [
         dataclasses.replace(data.sources[k % len(data.sources)], name=f"source_{k + 1}")
         for k in range(num_sources)
@@ -181,10 +181,10 @@ def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, j
         "gradmix": make_model(config, data, num_sources),
         "one_pass": make_model(config, data, num_sources, gradient_memory="one_pass"),
         "joint": make_model(
-            config, data, num_sources, mixing="uniform", adaptive_learning_rate=False
+            config, data, num_sources, rule="uniform", adaptive_learning_rate=False
         ),
         "uniform": make_model(
-            config, data, num_sources, mixing="uniform", adaptive_learning_rate=False
+            config, data, num_sources, rule="uniform", adaptive_learning_rate=False
         ),
     }
     for model in models.values():  # the same initial weights (rules' own state aside)

@@ -11,7 +11,7 @@ weight the method's runs gave the source (`gradmix_tf/source_study.py`):
     python -m launch.source_study --joint=runs/T4/results.csv \
         --drop=usps_5_9=runs/T4_drop_usps_5_9/results.csv \
         --drop=mnist_0_4=runs/T4_drop_mnist_0_4/results.csv \
-        --weights=gradmix=runs/T4 --weights=gradmix_persistent=runs/T4 --out=runs/T4_study
+        --weights=gradmix=runs/T4 --weights=persistent_pseudo_labels=runs/T4 --out=runs/T4_study
 
 `--joint` and each `--drop` take one or more results.csv files (comma-separated, merged);
 `--weights=METHOD=DIR[,DIR]` the benchmark directories that hold METHOD's runs

@@ -7,7 +7,7 @@ one task run in several output directories, are summarised over all their seeds 
         --results=runs/T1_s0/results.csv,runs/T1_s5/results.csv
 
 A method run under another name (a command-line override) is renamed with
-`PATH@old=new`: `--results=runs/old/results.csv@gradmix_persistent=gradmix_persistent_x`.
+`PATH@old=new`: `--results=runs/old/results.csv@persistent_pseudo_labels=persistent_pseudo_labels_old`.
 Writes OUT/results.csv, OUT/summary.md (mean ± std, paired gaps to the reference with a 95%
 t interval and wins / ties / losses) and OUT/summary.png.
 """

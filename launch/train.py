@@ -67,7 +67,7 @@ def main(argv):
     if _AUDIT.value is not None:
         config = audit.with_recommendation(config, os.path.expanduser(_AUDIT.value))
         dropped = tuple(config.data.drop_sources)
-        learned = tuple(config.gradmix.adapter_sources) if config.gradmix.label_adapter else ()
+        learned = tuple(config.step.adapter_sources) if config.step.label_adapter else ()
         print(
             f"audit {_AUDIT.value}: leaving out {', '.join(dropped) or 'no source'}"
             + (f"; label adapters for {', '.join(learned)}" if learned else "")

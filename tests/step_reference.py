@@ -24,7 +24,7 @@ from gradmix_tf import experiment
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
 
 REFERENCE_FILE = os.path.join(os.path.dirname(__file__), "data", "step_reference.npz")
-METHODS = ("gradmix", "gradmix_closed_form", "joint", "pcgrad")
+METHODS = ("gradmix", "closed_form", "joint", "pcgrad")
 NUM_STEPS = 3
 IMAGE_SHAPE = (16, 16, 3)
 BATCH = 6
@@ -75,8 +75,8 @@ def run_steps(method: str) -> dict[str, np.ndarray]:
     config = digits_config.get_config("smoke")
     config.method = method
     # The step as it was recorded: sources on heads of their own or sharing h_T as it is.
-    config.gradmix.label_adapter = False
-    config.gradmix.adapter_learning_rate_scale = 1.0
+    config.step.label_adapter = False
+    config.step.adapter_learning_rate_scale = 1.0
     config = experiment.resolve_config(config)
     data = _data()
     keras.utils.set_random_seed(0)

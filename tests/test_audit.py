@@ -241,12 +241,12 @@ def test_launchers_audit_then_train_on_the_recommendation(tmp_path):
 def test_training_on_the_recommendation_learns_the_relations_it_found_worth_it(tmp_path):
     _report(str(tmp_path), recommended_drop_sources=[], recommended_learned_relations=["b"])
     config = _config()
-    config.gradmix.label_adapter = False
+    config.step.label_adapter = False
     followed = audit.with_recommendation(config, str(tmp_path))
-    assert followed.gradmix.label_adapter and tuple(followed.gradmix.adapter_sources) == ("b",)
-    config.gradmix.label_adapter, config.gradmix.adapter_sources = True, ("a",)
+    assert followed.step.label_adapter and tuple(followed.step.adapter_sources) == ("b",)
+    config.step.label_adapter, config.step.adapter_sources = True, ("a",)
     followed = audit.with_recommendation(config, str(tmp_path))
-    assert tuple(followed.gradmix.adapter_sources) == ("a", "b")
+    assert tuple(followed.step.adapter_sources) == ("a", "b")
 
 
 def _labelled(name, classes):
@@ -263,7 +263,7 @@ def test_sources_shared_as_labelled_get_a_learned_relation_candidate():
         target,
     )
     config = _config()
-    config.gradmix.label_adapter = False
+    config.step.label_adapter = False
     names = [c.name for c in audit.candidates(config, data)]
     assert names == [
         "all",
@@ -274,13 +274,13 @@ def test_sources_shared_as_labelled_get_a_learned_relation_candidate():
         "learned:part",
     ]
     learned = audit.candidates(config, data)[-1].configured(config)
-    assert learned.gradmix.label_adapter and tuple(learned.gradmix.adapter_sources) == ("part",)
-    config.gradmix.label_adapter = True  # every such source learns its relation already
+    assert learned.step.label_adapter and tuple(learned.step.adapter_sources) == ("part",)
+    config.step.label_adapter = True  # every such source learns its relation already
     assert [c.name for c in audit.candidates(config, data)][-1] == "without:x"
-    config.gradmix.adapter_sources = ("same",)
+    config.step.adapter_sources = ("same",)
     last = audit.candidates(config, data)[-1]
     assert last.name == "learned:part"
-    assert tuple(last.configured(config).gradmix.adapter_sources) == ("same", "part")
+    assert tuple(last.configured(config).step.adapter_sources) == ("same", "part")
 
 
 def test_the_recommendation_takes_the_larger_gain_of_leaving_out_and_learning():

@@ -81,7 +81,7 @@ def test_nothing_aligned_gives_zero_weights():
 def test_nested_tape_alignments_equal_per_example_gradients():
     """a_i = <g_T, grad l_i> from the double backward equals the explicit loop."""
     sources = (TARGET_CLASSES, OTHER_CLASSES)
-    model = make_model(sources, mixing="example_reweighting")
+    model = make_model(sources, rule="example_reweighting")
     batch = random_batch(sources, count=3)
     streams, target = model._stream_batches(batch)
     reweighted = model.rule.prepare_streams(model, streams, target)
@@ -131,7 +131,7 @@ def test_phases_switch_at_pretrain_steps():
 @pytest.mark.parametrize("mode", ["eager", "graph"])
 def test_pretraining_ignores_target_then_finetuning_ignores_sources(mode):
     sources = (OTHER_CLASSES,)  # own head: h_T sees only the target stream
-    model = make_model(sources, mixing="pretrain_finetune", pretrain_steps=1)
+    model = make_model(sources, rule="pretrain_finetune", pretrain_steps=1)
     head_target = model.heads[0].kernel.numpy()
     train_step(model, random_batch(sources, seed=1), mode)
     np.testing.assert_allclose(model.mixing_weights, np.ones([1, 3]), rtol=1e-6, atol=1e-6)
@@ -145,7 +145,7 @@ def test_pretraining_ignores_target_then_finetuning_ignores_sources(mode):
 
 def test_needs_pretrain_steps():
     with pytest.raises(ValueError, match="pretrain_steps > 0"):
-        make_model((OTHER_CLASSES,), mixing="pretrain_finetune")
+        make_model((OTHER_CLASSES,), rule="pretrain_finetune")
 
 
 # ------------------------------------------------------------- baseline steps
@@ -154,7 +154,7 @@ def test_needs_pretrain_steps():
 @pytest.mark.parametrize("mixing", ["example_reweighting", "pcgrad"])
 def test_step_is_finite_and_changes_the_model(mixing, mode, unlabelled):
     sources = (TARGET_CLASSES, OTHER_CLASSES)
-    model = make_model(sources, mixing=mixing, num_unlabelled=unlabelled)
+    model = make_model(sources, rule=mixing, num_unlabelled=unlabelled)
     if unlabelled:
         model.pseudo_labels.assign(np.arange(unlabelled) % 3)
         model.pseudo_label_weights.assign(np.linspace(0.0, 1.0, unlabelled))
@@ -174,8 +174,8 @@ def test_pcgrad_of_identical_streams_is_joint_training():
     sources = (TARGET_CLASSES,)
     batch = random_batch(sources)
     batch["sources"] = (batch["target"],)
-    pcgrad = make_model(sources, mixing="pcgrad", adaptive_learning_rate=False)
-    joint = make_model(sources, mixing="uniform", adaptive_learning_rate=False)
+    pcgrad = make_model(sources, rule="pcgrad", adaptive_learning_rate=False)
+    joint = make_model(sources, rule="uniform", adaptive_learning_rate=False)
     train_step(pcgrad, batch)
     train_step(joint, batch)
     for a, b in zip(trainable_values(pcgrad), trainable_values(joint)):
@@ -188,10 +188,10 @@ def test_method_resolves_and_builds(method):
     config = digits.get_config("smoke")
     config.method = method
     resolved = experiment.resolve_config(config)
-    if method == "gradmix" or method.startswith("gradmix_persistent"):
-        assert resolved.gradmix.mixing == "persistent"
-    elif method.startswith("gradmix"):
-        assert resolved.gradmix.mixing == "gradmix"
+    if method == "gradmix" or method.startswith("persistent"):
+        assert resolved.step.rule == "persistent"
+    elif method.startswith("closed_form"):
+        assert resolved.step.rule == "closed_form"
     data = experiment.build_data(resolved)
     keras.backend.clear_session()
     model = experiment.build_model(resolved, data)

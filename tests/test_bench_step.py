@@ -51,7 +51,7 @@ def tiny_data() -> MultiStreamData:
 
 def test_joint_reference_is_the_uniform_step():
     """One pass on the concatenated batch (each stream through its head) is the
-    step of joint training: with SGD it equals GradMix's `mixing="uniform"`
+    step of joint training: with SGD it equals GradMix's `rule="uniform"`
     step without adaptive learning rate (every weight 1, lambda_T = 1)."""
     config, data = tiny_config(), tiny_data()
     batches = bench_step.make_batches(config, data, num_sources=3, count=2)
@@ -59,7 +59,7 @@ def test_joint_reference_is_the_uniform_step():
     # Source 3 reads source 1's batches (k mod K0), with its label space.
     np.testing.assert_array_equal(batches[0]["sources"][2][0], batches[0]["sources"][0][0])
     keras.utils.set_random_seed(0)
-    options = {"mixing": "uniform", "adaptive_learning_rate": False}
+    options = {"rule": "uniform", "adaptive_learning_rate": False}
     joint = bench_step.make_model(config, data, 3, **options)
     uniform = bench_step.make_model(config, data, 3, **options)
     uniform.set_weights(joint.get_weights())

@@ -45,12 +45,12 @@ class _RecordMixingWeights(keras.callbacks.Callback):
 def fit_under(strategy, mixing: str) -> dict:
     """Trains STEPS steps under `strategy`; returns the mixing weights of every
     step and every trainable variable (each replica's copy must agree)."""
-    options = {"mixing": mixing, "adaptive_learning_rate": mixing == "gradmix"}
+    options = {"rule": mixing, "adaptive_learning_rate": mixing == "closed_form"}
     if mixing == "persistent_recompute":  # each stream's gradient taken twice
-        options.update(mixing="persistent", gradient_memory="recompute")
+        options.update(rule="persistent", gradient_memory="recompute")
     if mixing == "persistent_adapter":  # the source on h_T through a label adapter
-        options.update(mixing="persistent", label_adapter=True)
-    if options["mixing"] == "persistent":  # its step size is for cosines
+        options.update(rule="persistent", label_adapter=True)
+    if options["rule"] == "persistent":  # its step size is for cosines
         options["alignment"] = "cosine"
     with strategy.scope():
         model = make_model(
@@ -87,7 +87,14 @@ def initial_variables() -> dict:
 
 @pytest.mark.parametrize(
     "mixing",
-    ["gradmix", "uniform", "pcgrad", "persistent", "persistent_recompute", "persistent_adapter"],
+    [
+        "closed_form",
+        "uniform",
+        "pcgrad",
+        "persistent",
+        "persistent_recompute",
+        "persistent_adapter",
+    ],
 )
 def test_one_and_two_replicas_train_the_same_model(two_replicas, mixing):
     """Same global batch and seed: the same mixing weights at every step and the same
@@ -98,7 +105,7 @@ def test_one_and_two_replicas_train_the_same_model(two_replicas, mixing):
     assert (one["replicas"], two["replicas"]) == (1, 2)
     assert one["steps"] == two["steps"] == STEPS
     assert one["mixing_weights"].shape == (STEPS, 3, 3)
-    if mixing == "gradmix":  # GradMix weights something else than 1 and 0
+    if mixing == "closed_form":  # the closed form weights something else than 1 and 0
         assert 0.05 < one["mixing_weights"].std(), one["mixing_weights"]
     if mixing.startswith("persistent"):  # the weights moved from 1, the same on both
         assert 1e-3 < np.abs(one["mixing_weights"][-1] - 1.0).max(), one["mixing_weights"]

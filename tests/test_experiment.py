@@ -35,8 +35,8 @@ def test_gradmix_keeps_the_config():
 
 def test_joint_mixes_uniformly():
     resolved = experiment.resolve_config(smoke_config("joint"))
-    assert resolved.gradmix.mixing == "uniform"
-    assert not resolved.gradmix.adaptive_learning_rate
+    assert resolved.step.rule == "uniform"
+    assert not resolved.step.adaptive_learning_rate
     assert not resolved.pseudo_labels.enabled
     assert resolved.data.use_sources
     assert resolved.data.shots_per_class == SMOKE_SHOTS
@@ -141,7 +141,7 @@ def test_joint_model_mixes_uniformly_without_pseudo_labels():
     config = experiment.resolve_config(smoke_config("joint"))
     data = experiment.build_data(config)
     model = experiment.build_model(config, data)
-    assert model.options.mixing == "uniform"
+    assert model.options.rule == "uniform"
     assert model.stream_names == digits.SOURCE_STREAMS
     assert model.num_unlabelled == 0
 

@@ -115,11 +115,11 @@ MODES = ("eager", "graph")
     ids=["normalization_none", "normalization_per_layer", "granularity_stream"],
 )
 @pytest.mark.parametrize("mode", MODES)
-def test_lookahead_solver_equals_closed_form(mode, options):
+def test_lookahead_rule_equals_closed_form(mode, options):
     """Three streams (two on h_T, one with its own head): same weights, same step."""
     sources = (TARGET_CLASSES, TARGET_CLASSES, OTHER_CLASSES)
-    closed_form = make_model(sources, weight_solver="closed_form", **options)
-    lookahead = copy_of(closed_form, weight_solver="lookahead", **options)
+    closed_form = make_model(sources, rule="closed_form", **options)
+    lookahead = copy_of(closed_form, rule="lookahead", **options)
     batch = random_batch(sources)
     closed_logs = train_step(closed_form, batch, mode)
     lookahead_logs = train_step(lookahead, batch, mode)
@@ -135,9 +135,9 @@ def test_lookahead_solver_equals_closed_form(mode, options):
         np.testing.assert_allclose(after_lookahead, after_closed_form, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("weight_solver", ["closed_form", "lookahead"])
+@pytest.mark.parametrize("rule", ["closed_form", "lookahead"])
 @pytest.mark.parametrize("mode", MODES)
-def test_anti_aligned_source_gets_zero_weight_in_every_layer(mode, weight_solver):
+def test_anti_aligned_source_gets_zero_weight_in_every_layer(mode, rule):
     """Source 1 is the target batch; source 2 the same image with the other label.
 
     With one example and two classes, dL/dlogits = (p - e_y) = delta * (1, -1)
@@ -150,7 +150,7 @@ def test_anti_aligned_source_gets_zero_weight_in_every_layer(mode, weight_solver
         target_class_names=binary,
         source_names=("aligned", "flipped"),
         normalization="none",  # w = max(u, 0): u itself where positive
-        weight_solver=weight_solver,
+        rule=rule,
     )
     x = images(np.random.default_rng(3), count=1)
     y = tf.constant([1], tf.int32)
@@ -182,7 +182,7 @@ def test_copies_of_the_target_share_the_weight(weight_total, expected):
 
 def test_uniform_mixing_gives_weight_one():
     sources = (TARGET_CLASSES, OTHER_CLASSES)
-    model = make_model(sources, mixing="uniform")
+    model = make_model(sources, rule="uniform")
     logs = train_step(model, random_batch(sources))
     np.testing.assert_array_equal(model.mixing_weights, np.ones([2, 3]))
     assert logs["mixing_weight/source_2"] == 1.0
@@ -219,9 +219,9 @@ def test_logs_and_state_names():
 def test_single_uniform_stream_is_a_plain_sgd_step(mode, source_classes):
     """K = 1, w = 1, lambda_T = 0, r_t = 1: GradMix is SGD on the source's loss."""
     model = make_model(
-        (source_classes,), mixing="uniform", target_weight=0.0, adaptive_learning_rate=False
+        (source_classes,), rule="uniform", target_weight=0.0, adaptive_learning_rate=False
     )
-    manual = copy_of(model, mixing="uniform", target_weight=0.0, adaptive_learning_rate=False)
+    manual = copy_of(model, rule="uniform", target_weight=0.0, adaptive_learning_rate=False)
     batch = random_batch((source_classes,))
     train_step(model, batch, mode)
 
@@ -455,17 +455,14 @@ def test_same_seed_same_weights_after_fit():
 @pytest.mark.parametrize(
     "options, message",
     [
-        pytest.param({"mixing": "joint"}, "mixing must be one of", id="mixing"),
-        pytest.param(
-            {"weight_solver": "newton"}, "weight_solver must be one of", id="weight_solver"
-        ),
+        pytest.param({"rule": "joint"}, "rule must be one of", id="rule"),
         pytest.param({"alignment": "sine"}, "alignment must be one of", id="alignment"),
         pytest.param({"granularity": "variable"}, "granularity must be one of", id="granularity"),
         pytest.param(
             {"normalization": "softmax"}, "normalization must be one of", id="normalization"
         ),
         pytest.param(
-            {"weight_solver": "lookahead", "alignment": "cosine"},
+            {"rule": "lookahead", "alignment": "cosine"},
             "use alignment='dot'",
             id="lookahead_cosine",
         ),

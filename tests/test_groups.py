@@ -1,4 +1,4 @@
-"""Mixing groups (`gradmix.layer_groups`): which layers share one mixing weight a stream."""
+"""Mixing groups (`step.layer_groups`): which layers share one mixing weight a stream."""
 
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ from gradmix_tf.training.options import GradMixOptions
 
 SOURCES = (TARGET_CLASSES, OTHER_CLASSES)
 RULE_OPTIONS = {
-    "gradmix": {},
-    "gradmix_lookahead": {"weight_solver": "lookahead", "lookahead_init": 0.5},
-    "gradmix_cosine_stream": {"alignment": "cosine", "granularity": "stream"},
-    "gradmix_jit": {"jit_mixing_weights": True},
-    "persistent": {"mixing": "persistent", "alignment": "cosine"},
-    "pcgrad": {"mixing": "pcgrad"},
-    "joint": {"mixing": "uniform"},
-    "pretrain_finetune": {"mixing": "pretrain_finetune", "pretrain_steps": 1},
-    "example_reweighting": {"mixing": "example_reweighting"},
+    "closed_form": {},
+    "lookahead": {"rule": "lookahead", "lookahead_init": 0.5},
+    "closed_form_cosine_stream": {"alignment": "cosine", "granularity": "stream"},
+    "closed_form_jit": {"jit_mixing_weights": True},
+    "persistent": {"rule": "persistent", "alignment": "cosine"},
+    "pcgrad": {"rule": "pcgrad"},
+    "joint": {"rule": "uniform"},
+    "pretrain_finetune": {"rule": "pretrain_finetune", "pretrain_steps": 1},
+    "example_reweighting": {"rule": "example_reweighting"},
 }
 
 
@@ -121,11 +121,11 @@ def block_model(layer_groups: str, **options) -> GradMixModel:
     return model
 
 
-@pytest.mark.parametrize("weight_solver", ["closed_form", "lookahead"])
-def test_a_group_weight_is_the_alignment_summed_over_its_layers(weight_solver):
+@pytest.mark.parametrize("rule", ["closed_form", "lookahead"])
+def test_a_group_weight_is_the_alignment_summed_over_its_layers(rule):
     """A source equal to the target aligns with it by |g_T,l|^2 > 0 on every layer; with
     no normalisation a group's weight is the sum of its layers' weights."""
-    options = {"normalization": "none", "weight_solver": weight_solver}
+    options = {"normalization": "none", "rule": rule}
     options["adaptive_learning_rate"] = False
     by_layer, by_block = block_model("layer", **options), block_model("block", **options)
     assert by_layer.num_mixing_layers == 4

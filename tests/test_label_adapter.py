@@ -159,7 +159,7 @@ def test_adapter_sources_give_adapters_to_the_named_sources_only():
 
 def test_an_adapter_stream_trains_h_T_and_its_relation():
     sources = (SUBSET,)
-    model = make_model(sources, label_adapter=True, mixing="uniform")
+    model = make_model(sources, label_adapter=True, rule="uniform")
     logits_before = model.heads[0].kernel.numpy().copy()
     relation_before = model.label_adapters[0].relation_logits.numpy().copy()
     batch = random_batch(sources)
@@ -172,7 +172,7 @@ def test_an_adapter_stream_trains_h_T_and_its_relation():
 
 
 @pytest.mark.parametrize(
-    "mixing", ["gradmix", "uniform", "persistent", "pcgrad", "example_reweighting",
+    "mixing", ["closed_form", "uniform", "persistent", "pcgrad", "example_reweighting",
                "pretrain_finetune"],
 )  # fmt: skip
 def test_every_mixing_rule_trains_through_the_adapters(mixing):
@@ -180,7 +180,7 @@ def test_every_mixing_rule_trains_through_the_adapters(mixing):
     same adapters as GradMix, so that comparisons stay fair."""
     sources = (SUBSET, TARGET_CLASSES, OTHER_CLASSES)
     options = {"pretrain_steps": 5} if mixing == "pretrain_finetune" else {}
-    model = make_model(sources, label_adapter=True, mixing=mixing, **options)
+    model = make_model(sources, label_adapter=True, rule=mixing, **options)
     before = [a.relation_logits.numpy().copy() for a in model.label_adapters]
     logs = train_step(model, random_batch(sources))
     assert all(np.isfinite(v) for v in logs.values()), logs
@@ -192,7 +192,7 @@ def test_during_the_warm_up_the_source_trains_only_its_own_head():
     sources = (TARGET_CLASSES,)
     model = make_model(
         sources, label_adapter=True, adapter_start="estimate", adapter_warmup_epochs=1,
-        mixing="uniform", target_weight=0.0,
+        rule="uniform", target_weight=0.0,
     )  # fmt: skip
     before = {v.path: v.numpy().copy() for v in model.trainable_variables}
     train_step(model, random_batch(sources))
@@ -350,9 +350,9 @@ def test_a_run_estimates_logs_and_reports_the_relations(tmp_path):
     estimated after the first epoch, in results.json, as PNGs and in TensorBoard."""
     config = digits_config.get_config("smoke")
     config.method = "joint"
-    config.gradmix.label_adapter = True
-    config.gradmix.adapter_start = "estimate"
-    config.gradmix.adapter_warmup_epochs = 1
+    config.step.label_adapter = True
+    config.step.adapter_start = "estimate"
+    config.step.adapter_warmup_epochs = 1
     workdir = str(tmp_path / "run")
     results = experiment.train_and_evaluate(config, workdir)
     relations = results["label_relations"]
@@ -374,15 +374,15 @@ def test_a_work_directory_from_before_the_adapters_resumes():
     adapters off, and differs from today's default (on) in what that run trained with."""
     config = digits_config.get_config("smoke")
     stored = workdirs.config_as_dict(config)
-    for field in [f for f in stored["gradmix"] if f.startswith(("label_adapter", "adapter_"))]:
-        del stored["gradmix"][field]
+    for field in [f for f in stored["step"] if f.startswith(("label_adapter", "adapter_"))]:
+        del stored["step"][field]
     differences = workdirs.config_differences(stored, workdirs.config_as_dict(config))
     assert differences == [
-        ("gradmix.label_adapter", False, True),
-        ("gradmix.adapter_learning_rate_scale", 1.0, 10.0),
+        ("step.label_adapter", False, True),
+        ("step.adapter_learning_rate_scale", 1.0, 10.0),
     ]
-    config.gradmix.label_adapter = False
-    config.gradmix.adapter_learning_rate_scale = 1.0
+    config.step.label_adapter = False
+    config.step.adapter_learning_rate_scale = 1.0
     assert workdirs.config_differences(stored, workdirs.config_as_dict(config)) == []
 
 
@@ -392,15 +392,15 @@ def test_an_old_work_directory_is_reported_and_evaluated(tmp_path):
     the config with them off finds it finished, and it is evaluated again from its stored
     config."""
     config = digits_config.get_config("smoke")
-    config.gradmix.label_adapter = False
-    config.gradmix.adapter_learning_rate_scale = 1.0
+    config.step.label_adapter = False
+    config.step.adapter_learning_rate_scale = 1.0
     old = str(tmp_path / "old")
     accuracy = experiment.train_and_evaluate(config, old)["target_test_accuracy"]
     path = os.path.join(old, "config.json")
     with open(path) as f:
         stored = json.load(f)
-    stored["gradmix"] = {
-        k: v for k, v in stored["gradmix"].items() if not k.startswith(("label_", "adapter_"))
+    stored["step"] = {
+        k: v for k, v in stored["step"].items() if not k.startswith(("label_", "adapter_"))
     }
     with open(path, "w") as f:
         json.dump(stored, f)

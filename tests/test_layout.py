@@ -29,6 +29,7 @@ STAGES = (
     "training",  # GradMixModel and its train step
     "callbacks",  # checkpoints, mixing summaries, pseudo-labels
     "export",  # SavedModel export and prediction
+    "config_renames",  # top-level module: old config names read in today's
     "config_checks",  # top-level module: the checks of a config's values
     "workdir",  # top-level module: what a work directory holds, compared with a config
     "experiment",  # top-level module: one experiment from a config

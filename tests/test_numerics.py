@@ -191,7 +191,7 @@ def test_xla_skips_when_it_cannot_stop():
 def test_finite_step_is_the_plain_sgd_step(mode, on_nonfinite):
     """K = 1, w = 1, lambda_T = 0, r_t = 1: GradMix is SGD on the source's loss."""
     options = {
-        "mixing": "uniform",
+        "rule": "uniform",
         "target_weight": 0.0,
         "adaptive_learning_rate": False,
         "on_nonfinite": on_nonfinite,

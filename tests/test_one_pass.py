@@ -196,9 +196,9 @@ def test_every_layer_gives_each_stream_its_gradient(trunk):
     "options",
     [
         {},
-        {"mixing": "gradmix", "label_adapter": True},
-        {"mixing": "pcgrad"},
-        {"mixing": "gradmix", "weight_solver": "lookahead"},
+        {"rule": "closed_form", "label_adapter": True},
+        {"rule": "pcgrad"},
+        {"rule": "lookahead"},
     ],
     ids=["default", "label_adapter", "pcgrad", "lookahead"],
 )
@@ -261,7 +261,7 @@ GLOBAL_BATCH = NUM_UNLABELLED  # three examples a stream on each of two replicas
 def fit_two_steps(strategy, gradient_memory):
     """Two steps of `model.fit` under `strategy` on a global batch of 6 a stream."""
     with strategy.scope():
-        model = make_model(gradient_memory, mixing="gradmix")
+        model = make_model(gradient_memory, rule="closed_form")
     batches = [batch_for("image", seed=i, count=GLOBAL_BATCH) for i in range(2)]
     stacked = tf.nest.map_structure(lambda *parts: tf.stack(parts), *batches)
     dataset = tf.data.Dataset.from_tensor_slices(stacked).unbatch().batch(GLOBAL_BATCH)

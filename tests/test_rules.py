@@ -22,7 +22,8 @@ SOURCES = (TARGET_CLASSES, OTHER_CLASSES)
 
 def test_every_method_rule_is_registered_and_chosen_once():
     assert set(rules.RULES) == {
-        "gradmix",
+        "closed_form",
+        "lookahead",
         "uniform",
         "pretrain_finetune",
         "example_reweighting",
@@ -30,20 +31,20 @@ def test_every_method_rule_is_registered_and_chosen_once():
         "persistent",
     }
     for name, cls in rules.RULES.items():
-        options = GradMixOptions(mixing=name, pretrain_steps=1)
+        options = GradMixOptions(rule=name, pretrain_steps=1)
         rule = rules.make_rule(options)
         assert isinstance(rule, cls) and rule.name == name and rule.options is options
-    model = make_model(SOURCES, mixing="pcgrad")
+    model = make_model(SOURCES, rule="pcgrad")
     assert type(model.rule) is rules.RULES["pcgrad"]
 
 
 def test_an_unknown_rule_names_the_known_ones():
-    with pytest.raises(ValueError, match="mixing must be one of .*'gradmix'.*got 'gradmx'"):
-        GradMixOptions(mixing="gradmx")
+    with pytest.raises(ValueError, match="rule must be one of .*'closed_form'.*got 'gradmx'"):
+        GradMixOptions(rule="gradmx")
 
 
 def test_a_new_rule_is_one_class_and_a_name():
-    """A rule registered in its own module is selectable as `mixing=name`, nothing else."""
+    """A rule registered in its own module is selectable as `rule=name`, nothing else."""
 
     @register_rule("test_half")
     class HalfRule(MixingRule):
@@ -52,7 +53,7 @@ def test_a_new_rule_is_one_class_and_a_name():
             return Mix(tf.fill(shape, 0.5), self.options.target_weight)
 
     try:
-        model = make_model(SOURCES, mixing="test_half")
+        model = make_model(SOURCES, rule="test_half")
         tf.function(model.train_step)(random_batch(SOURCES))
         np.testing.assert_array_equal(model.mixing_weights.numpy(), 0.5)
         with pytest.raises(ValueError, match="registered already"):
@@ -63,7 +64,7 @@ def test_a_new_rule_is_one_class_and_a_name():
 
 def test_pretrain_finetune_with_no_labelled_target_weight_stays_finite():
     """lambda_T = 0 once gave NaN head gradients (the phase was recovered by a division)."""
-    model = make_model(SOURCES, mixing="pretrain_finetune", pretrain_steps=1, target_weight=0.0)
+    model = make_model(SOURCES, rule="pretrain_finetune", pretrain_steps=1, target_weight=0.0)
     head = model.heads[1].kernel
     step = tf.function(model.train_step)
     before = head.numpy()
@@ -78,8 +79,8 @@ def test_pretrain_finetune_with_no_labelled_target_weight_stays_finite():
 def test_options_from_the_config_cover_every_field():
     config = digits.get_config()
     config.train.steps = 400
-    config.gradmix.pretrain_fraction = 0.25
-    config.gradmix.weight_total = "2.5"  # a command-line override of a string field
+    config.step.pretrain_fraction = 0.25
+    config.step.weight_total = "2.5"  # a command-line override of a string field
     options = GradMixOptions.from_config(config)
     assert options.pretrain_steps == 100
     assert options.weight_total == 2.5
@@ -93,12 +94,12 @@ def test_options_from_the_config_cover_every_field():
         "on_nonfinite",
         "pseudo_label_confidence_weights",
     }:
-        assert getattr(options, field) == config.gradmix[field], field
+        assert getattr(options, field) == config.step[field], field
 
 
 def test_a_config_with_an_unknown_gradmix_field_fails():
     config = digits.get_config()
-    config.gradmix = ml_collections.ConfigDict({**config.gradmix.to_dict(), "mixng": "x"})
+    config.step = ml_collections.ConfigDict({**config.step.to_dict(), "mixng": "x"})
     with pytest.raises(ValueError, match="unknown gradmix option.*mixng"):
         GradMixOptions.from_config(config)
 
@@ -119,7 +120,7 @@ def test_options_check_their_values(field, value, message):
 
 
 def test_model_config_is_derived_from_the_options():
-    options = GradMixOptions(mixing="uniform", target_weight=0.5, adaptive_learning_rate=False)
+    options = GradMixOptions(rule="uniform", target_weight=0.5, adaptive_learning_rate=False)
     model = make_model(SOURCES, options=options)
     assert model.options == options
     config = model.get_config()
@@ -138,7 +139,7 @@ def test_persistent_step_by_hand():
 
 
 def test_persistent_weights_start_at_one_move_by_the_cosine_and_persist():
-    model = make_model(SOURCES, mixing="persistent", alignment="cosine", persistent_step_size=0.1)
+    model = make_model(SOURCES, rule="persistent", alignment="cosine", persistent_step_size=0.1)
     state = model.rule.weights
     assert any(v is state for v in model.non_trainable_variables)  # checkpointed with the model
     np.testing.assert_array_equal(state.numpy(), 1.0)
@@ -162,7 +163,7 @@ def test_persistent_weights_start_at_one_move_by_the_cosine_and_persist():
 
 
 def test_a_skipped_batch_leaves_the_persistent_weights():
-    model = make_model(SOURCES, mixing="persistent", alignment="cosine", on_nonfinite="skip")
+    model = make_model(SOURCES, rule="persistent", alignment="cosine", on_nonfinite="skip")
     step = tf.function(model.train_step)
     step(random_batch(SOURCES, seed=0))
     before = model.rule.weights.numpy()

@@ -38,9 +38,11 @@ def write_history(out, method, seed, weights, streams=("a", "b", "c")):
 
 
 def test_merge_results_joins_seeds_and_renames(tmp_path):
-    first = write_results(tmp_path / "s0", [("joint", 0, 0.5), ("gradmix_persistent", 0, 0.6)])
+    first = write_results(
+        tmp_path / "s0", [("joint", 0, 0.5), ("persistent_pseudo_labels", 0, 0.6)]
+    )
     second = write_results(tmp_path / "s5", [("joint", 5, 0.4), ("rule_x", 5, 0.7)])
-    rows = source_study.merge_results([f"{first}@gradmix_persistent=rule_x", second])
+    rows = source_study.merge_results([f"{first}@persistent_pseudo_labels=rule_x", second])
     assert [(r["method"], r["seed"], r["target_test_accuracy"]) for r in rows] == [
         ("joint", 0, 0.5),
         ("rule_x", 0, 0.6),

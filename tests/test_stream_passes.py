@@ -56,9 +56,9 @@ def make_model(gradient_memory, dropout=0.0, trunk=None, **options) -> GradMixMo
 @pytest.mark.parametrize(
     "options",
     [
-        {"mixing": "persistent", "alignment": "cosine"},
-        {"mixing": "gradmix"},
-        {"mixing": "uniform", "adaptive_learning_rate": False},
+        {"rule": "persistent", "alignment": "cosine"},
+        {"rule": "closed_form"},
+        {"rule": "uniform", "adaptive_learning_rate": False},
     ],
     ids=["persistent", "closed_form", "uniform"],
 )
@@ -97,7 +97,7 @@ def test_a_second_pass_repeats_the_first():
     assert max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(first[1], third[1])) > 0
 
 
-@pytest.mark.parametrize("options", [{"mixing": "pcgrad"}, {"weight_solver": "lookahead"}])
+@pytest.mark.parametrize("options", [{"rule": "pcgrad"}, {"rule": "lookahead"}])
 def test_recompute_refuses_the_rules_that_read_the_gradients(options):
     with pytest.raises(ConfigError, match="gradient_memory='recompute' keeps only"):
         GradMixOptions(gradient_memory="recompute", **options)
@@ -111,7 +111,7 @@ def test_each_pass_normalises_with_its_own_batch(gradient_memory):
     batch's statistics (not the concatenated batch's, as joint training would), and the moving
     mean takes one update a pass: the sources, P, then the target ("store"); the target
     first ("recompute", whose second passes repeat the first, ending in the same state)."""
-    model = make_model(gradient_memory, mixing="persistent", alignment="cosine")
+    model = make_model(gradient_memory, rule="persistent", alignment="cosine")
     batch = random_batch(SOURCES, seed=5, num_unlabelled=NUM_UNLABELLED)
     streams, target = model._stream_batches(batch)
     conv, bn = model.trunk.get_layer("conv"), model.trunk.get_layer("bn")

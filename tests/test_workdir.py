@@ -110,7 +110,7 @@ def test_a_changed_config_is_refused_and_nothing_changes(finished_copy, override
 def test_a_changed_config_names_a_few_fields_then_counts_the_rest(finished_copy):
     config = smoke_config(**{"seed": 3, "method": "joint", "optimizer.learning_rate": 0.01})
     with pytest.raises(
-        # joint also sets gradmix.mixing, gradmix.alignment, gradmix.adaptive_learning_rate and
+        # joint also sets step.rule, step.alignment, step.adaptive_learning_rate and
         # pseudo-labels off: 7 fields differ, the first 4 named
         WorkdirError,
         match=r"\(method 'gradmix' -> 'joint', seed 0 -> 3, .* and 3 more\)",

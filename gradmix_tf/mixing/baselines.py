@@ -1,6 +1,6 @@
 """Gradient rules of the baselines that share GradMix's trainer: pure tensor functions.
 
-`GradMixModel(mixing=...)` selects them (docs/algorithm.md, "Baselines"):
+`GradMixModel(rule=...)` selects them (docs/algorithm.md, "Baselines"):
 
 - "pretrain_finetune": source pre-training, then target fine-tuning.
   `pretrain_finetune_weights` gives the stream weights (1, then 0) and the

@@ -3,7 +3,7 @@
 `GradMixModel` finds the layers l of the layer-wise weights w [S, L] from its
 variables' paths (a layer that owns trainable variables is a mixing layer,
 named by its path: "gradmix/trunk/conv1", "expanded_conv_3_expand", ...).
-`layer_groups` (`GradMixOptions.layer_groups`, config `gradmix.layer_groups`)
+`layer_groups` (`GradMixOptions.layer_groups`, config `step.layer_groups`)
 maps those layers to groups, and the weights become w [S, G], one a stream
 and group:
 

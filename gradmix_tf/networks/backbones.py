@@ -251,7 +251,7 @@ def keras_backbone(
     size by their own image converter.
 
     Every layer of the backbone that owns trainable variables is a mixing
-    layer; `gradmix.layer_groups="block"` mixes them by block instead
+    layer; `step.layer_groups="block"` mixes them by block instead
     (`gradmix_tf.mixing.groups`).
 
     Args:

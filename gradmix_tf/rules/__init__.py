@@ -1,8 +1,9 @@
-"""Mixing rules: GradMix and the baselines that share its trainer (`mixing=...`).
+"""Mixing rules: GradMix's and the baselines' that share its trainer (`step.rule=...`).
 
 | name                  | rule                                                     |
 | --------------------- | -------------------------------------------------------- |
-| `gradmix`             | layer-wise weights from the target meta-objective        |
+| `closed_form`         | layer-wise weights from one meta-gradient step           |
+| `lookahead`           | the exact meta-gradient through a look-ahead step        |
 | `uniform`             | every stream weight 1: joint training                    |
 | `pretrain_finetune`   | sources only, then the labelled target only              |
 | `example_reweighting` | per-example weights on the pooled sources (Ren et al.)   |
@@ -13,9 +14,10 @@ See `gradmix_tf.rules.base` for the interface and how to add a rule.
 """
 
 from gradmix_tf.rules import (  # noqa: F401  (each module registers its rule)
+    closed_form,
     example_reweighting,
-    gradmix,
     joint,
+    lookahead,
     pcgrad,
     persistent,
     pretrain_finetune,

@@ -88,6 +88,10 @@ class MixingRule:
         options: the model's `GradMixOptions`.
     """
 
+    reads_gradients = False
+    """Whether `mix` reads the streams' gradients themselves, not only their products
+    with the target's (`gradient_memory="recompute"` keeps only the products)."""
+
     def __init__(self, options):
         self.options = options
 
@@ -125,7 +129,7 @@ class MixingRule:
 
 
 def register_rule(name: str):
-    """Class decorator: makes a `MixingRule` selectable as `mixing=name`."""
+    """Class decorator: makes a `MixingRule` selectable as `step.rule=name`."""
 
     def register(cls):
         if name in RULES:
@@ -138,7 +142,5 @@ def register_rule(name: str):
 
 
 def make_rule(options) -> MixingRule:
-    """The rule `options.mixing` names, made for these options."""
-    if options.mixing not in RULES:
-        raise ValueError(f"mixing must be one of {tuple(RULES)}, got {options.mixing!r}.")
-    return RULES[options.mixing](options)
+    """The rule `options.rule` names (checked by `GradMixOptions`), made for these options."""
+    return RULES[options.rule](options)

@@ -28,7 +28,7 @@ class ExampleReweightingRule(MixingRule):
             return streams
         if distribute.num_replicas() > 1:
             raise NotImplementedError(
-                "mixing='example_reweighting' runs on one device only (its collectives "
+                "rule='example_reweighting' runs on one device only (its collectives "
                 "mismatch across replicas under tf.distribute): train it with "
                 "train.distribute='none', or use another method under a strategy."
             )

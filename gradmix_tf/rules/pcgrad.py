@@ -12,7 +12,9 @@ from gradmix_tf.rules.base import Mix, MixingRule, register_rule
 class PCGradRule(MixingRule):
     """Gradient surgery on the global gradients of the streams and lambda_T g_T,
     in coefficient space (`mixing.baselines.pcgrad_coefficients`): one weight
-    a stream, applied to every layer."""
+    a stream, applied to every layer. It reads the streams' gradients themselves."""
+
+    reads_gradients = True
 
     def stream_mix(self, model, streams, target, gradients) -> Mix:
         target_weight = self.options.target_weight

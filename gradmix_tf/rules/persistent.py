@@ -13,7 +13,7 @@ class PersistentRule(MixingRule):
     """w [S, L] starts at `persistent_init` (1: joint training) and, every step,
     moves by `persistent_step_size` times the per-layer alignment (`alignment`;
     the step size assumes "cosine", values in [-1, 1], as the method
-    `gradmix_persistent` sets it) of each stream's global gradient with the
+    `persistent_pseudo_labels` sets it) of each stream's global gradient with the
     target's, clipped to [0, `persistent_max`], with no renormalisation
     (`mixing.weights.persistent_step`). The weights are model state: saved in
     checkpoints, the same on every replica, unchanged by a skipped batch.

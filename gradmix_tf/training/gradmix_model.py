@@ -41,7 +41,7 @@ class GradMixModel(keras.Model):
     each source label space that is not the target's. `call()` is target
     inference (class probabilities). `train_step` runs one GradMix step:
     per-stream gradients, layer-wise mixing weights from the target
-    meta-objective (the mixing rule `options.mixing`, `gradmix_tf.rules`),
+    meta-objective (the mixing rule `options.rule`, `gradmix_tf.rules`),
     the mixed gradient, an adaptive learning rate and one optimizer update.
     Train it with plain `model.fit` on `MultiStreamData.train_dataset(...)`.
 
@@ -137,7 +137,7 @@ class GradMixModel(keras.Model):
         unknown = sorted(set(self.options.adapter_sources) - set(self.source_names))
         if unknown:
             raise ConfigError(
-                f"gradmix.adapter_sources names {unknown}, not sources of this model: its "
+                f"step.adapter_sources names {unknown}, not sources of this model: its "
                 f"sources are {list(self.source_names)}."
             )
         for k, classes in enumerate(self.source_class_names):

@@ -1,6 +1,6 @@
 """`GradMixOptions`: every option of GradMix's trainer, declared and validated once.
 
-The config (`config.gradmix`, with `pseudo_labels.confidence_weights` and
+The config (`config.step`, with `pseudo_labels.confidence_weights` and
 `train.on_nonfinite`) becomes options by `GradMixOptions.from_config`; the
 model takes them as `GradMixModel(..., options=...)` (or as keyword
 arguments), and its `get_config` / `from_config` are derived from the fields.
@@ -17,8 +17,6 @@ from gradmix_tf.rules import RULES
 from gradmix_tf.training.step_guard import ON_NONFINITE
 from gradmix_tf.training.stream_passes import GRADIENT_MEMORY
 
-WEIGHT_SOLVERS = ("closed_form", "lookahead")
-
 
 @dataclasses.dataclass(frozen=True)
 class GradMixOptions:
@@ -26,17 +24,18 @@ class GradMixOptions:
     as reconstructed there.
 
     Attributes:
-        mixing: the mixing rule, a name in `gradmix_tf.rules.RULES`: "gradmix"
-            (weights from the meta-objective); or a baseline: "uniform" (every
-            stream weight 1: joint training), "pretrain_finetune" (sources only
-            for `pretrain_steps` steps, then the labelled target only),
-            "example_reweighting" (Ren et al. 2018), "pcgrad" (Yu et al. 2020);
-            or a rule under study: "persistent" (weights kept across steps).
-        weight_solver: "closed_form" (one meta-gradient step from w = 0) or
+        rule: the mixing rule, a name in `gradmix_tf.rules.RULES`:
+            "persistent" (weights kept across steps, moved along the
+            alignment: the configs' default), "closed_form" (one
+            meta-gradient step from w = 0: the paper's rule as reconstructed),
             "lookahead" (the exact meta-gradient through a real look-ahead
-            step from `lookahead_init`, with `stateless_call`).
+            step from `lookahead_init`, with `stateless_call`); or a baseline:
+            "uniform" (every stream weight 1: joint training),
+            "pretrain_finetune" (sources only for `pretrain_steps` steps, then
+            the labelled target only), "example_reweighting" (Ren et al.
+            2018), "pcgrad" (Yu et al. 2020).
         alignment: "dot" (the meta-gradient <g_T,l, g_s,l>) or "cosine"
-            (closed form only; scale-free). Reconstruction option.
+            (scale-free; not with "lookahead"). Reconstruction option.
         granularity: "layer" (w per stream and layer) or "stream" (one global
             weight per stream).
         layer_groups: what a "layer" of the weights is: "layer" (each Keras
@@ -91,10 +90,10 @@ class GradMixOptions:
             naming the stream and the step, before any update) or "skip"
             (drop the batch; count it in `nonfinite_skipped`). See
             `training.step_guard`.
-        pretrain_steps: with mixing="pretrain_finetune", the steps of source
+        pretrain_steps: with rule="pretrain_finetune", the steps of source
             pre-training before target fine-tuning (> 0).
         persistent_init, persistent_step_size, persistent_max: with
-            mixing="persistent", the weights' start (1: joint training), the
+            rule="persistent", the weights' start (1: joint training), the
             step along the alignment each step, and their ceiling.
         jit_mixing_weights: solve the mixing weights with the XLA-compiled
             `weights.solve_mixing_weights_jit` (pure tensors in and out, so
@@ -118,8 +117,7 @@ class GradMixOptions:
             every rule.
     """
 
-    mixing: str = "gradmix"
-    weight_solver: str = "closed_form"
+    rule: str = "closed_form"
     alignment: str = "dot"
     granularity: str = "layer"
     layer_groups: str = "layer"
@@ -158,8 +156,7 @@ class GradMixOptions:
             if value not in allowed:
                 raise ConfigError(f"{field} must be one of {tuple(allowed)}, got {value!r}.")
 
-        choice("mixing", RULES)
-        choice("weight_solver", WEIGHT_SOLVERS)
+        choice("rule", RULES)
         choice("alignment", weights.ALIGNMENTS)
         choice("granularity", weights.GRANULARITIES)
         choice("layer_groups", groups.LAYER_GROUPS)
@@ -171,18 +168,14 @@ class GradMixOptions:
         choice("adapter_estimate", ESTIMATES)
         object.__setattr__(self, "adapter_sources", tuple(map(str, self.adapter_sources)))
         self._check_adapter()
-        if self.gradient_memory == "recompute" and (
-            self.mixing == "pcgrad" or self.weight_solver == "lookahead"
-        ):
+        if self.gradient_memory == "recompute" and RULES[self.rule].reads_gradients:
             raise ConfigError(
                 "gradient_memory='recompute' keeps only the streams' products with the "
-                "target, but mixing='pcgrad' and weight_solver='lookahead' read the gradients "
-                "themselves: use gradient_memory='store' with them."
+                f"target, but rule={self.rule!r} reads the gradients themselves: use "
+                "gradient_memory='store' or 'one_pass' with it."
             )
-        if self.weight_solver == "lookahead" and self.alignment != "dot":
-            raise ConfigError(
-                "weight_solver='lookahead' measures the meta-gradient: use alignment='dot'."
-            )
+        if self.rule == "lookahead" and self.alignment != "dot":
+            raise ConfigError("rule='lookahead' measures the meta-gradient: use alignment='dot'.")
         if not (0.0 < self.r_min <= 1.0 <= self.r_max):
             raise ConfigError(f"need 0 < r_min <= 1 <= r_max, got {self.r_min}, {self.r_max}.")
         total = self.weight_total
@@ -197,9 +190,9 @@ class GradMixOptions:
             )
         if not 0.0 <= self.rho_decay < 1.0:
             raise ConfigError(f"rho_decay must be in [0, 1), got {self.rho_decay}.")
-        if self.mixing == "pretrain_finetune" and self.pretrain_steps <= 0:
+        if self.rule == "pretrain_finetune" and self.pretrain_steps <= 0:
             raise ConfigError(
-                "mixing='pretrain_finetune' needs pretrain_steps > 0 (the steps of source "
+                "rule='pretrain_finetune' needs pretrain_steps > 0 (the steps of source "
                 f"pre-training), got {self.pretrain_steps}."
             )
         if self.lookahead_step_size is not None and not self.lookahead_step_size > 0:
@@ -252,16 +245,16 @@ class GradMixOptions:
     def from_config(cls, config) -> GradMixOptions:
         """The options of an experiment config (`configs/digits.py` lists the fields).
 
-        `config.gradmix` holds the fields of the same names, except
+        `config.step` holds the fields of the same names, except
         `pretrain_fraction` (of `train.steps`) for `pretrain_steps`, and
         `lookahead_step_size` 0 for None; `pseudo_labels.confidence_weights`
         and `train.on_nonfinite` complete them.
         """
-        mix = dict(config.gradmix)
+        mix = dict(config.step)
         fraction = mix.pop("pretrain_fraction", 0.5)
         unknown = set(mix) - set(cls.field_names())
         if unknown:
-            raise ConfigError(f"config.gradmix: unknown gradmix option(s) {sorted(unknown)}.")
+            raise ConfigError(f"config.step: unknown gradmix option(s) {sorted(unknown)}.")
         mix["lookahead_step_size"] = mix.get("lookahead_step_size") or None
         try:
             return cls(
@@ -271,7 +264,7 @@ class GradMixOptions:
                 on_nonfinite=config.train.on_nonfinite,
             )
         except ConfigError as error:  # say where the option comes from
-            raise ConfigError(f"config.gradmix: {error}") from None
+            raise ConfigError(f"config.step: {error}") from None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

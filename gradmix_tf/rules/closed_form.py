@@ -1,0 +1,41 @@
+"""The closed form: layer-wise mixing weights from one meta-gradient step of the target."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from gradmix_tf.mixing import weights
+from gradmix_tf.rules.base import Mix, MixingRule, register_rule
+
+
+@register_rule("closed_form")
+class ClosedFormRule(MixingRule):
+    """w[s, l] from the alignment of stream s with the labelled target on layer l:
+    one meta-gradient step from w = 0, u[s, l] = <g_T,l, g_s,l> (or the cosine),
+    clipped at 0 and normalised (`mixing.weights`). The options `alignment`,
+    `granularity`, `normalization` and `weight_total` are the reconstruction's
+    choices (docs/algorithm.md)."""
+
+    def stream_mix(self, model, streams, target, gradients) -> Mix:
+        options = self.options
+        num_layers = model.num_mixing_layers
+        # The products per layer already ([S, L], [L], [S, L]): each layer its own "variable".
+        dots, target_sq, stream_sq = gradients.layer_products()
+        solve = weights.solve_mixing_weights_jit if options.jit_mixing_weights else None
+        mixing_weights, _ = (solve or weights.solve_mixing_weights)(
+            dots,
+            target_sq,
+            stream_sq,
+            tf.range(num_layers, dtype=tf.int32),
+            num_layers,
+            alignment=options.alignment,
+            granularity=options.granularity,
+            normalization=options.normalization,
+            weight_total=weight_total(options, gradients.num_streams),
+        )
+        return Mix(mixing_weights, options.target_weight)
+
+
+def weight_total(options, num_streams: int) -> float:
+    """The sum each layer's weights are normalised to (`options.weight_total`)."""
+    return num_streams if options.weight_total == "num_streams" else options.weight_total
