@@ -1,7 +1,7 @@
 """What a launcher does with an error: a user's mistake is one plain line, a bug a traceback.
 
 Every launcher runs its `main` with `run(main)` instead of `app.run(main)`. The exit codes
-(README.md, "Troubleshooting"):
+(docs/troubleshooting.md):
 
     0  done
     1  a bug: Python's traceback is printed as usual

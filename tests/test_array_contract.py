@@ -2,7 +2,7 @@
 
 Float examples must be finite and in [0, 1]; integer ones are scaled by their bit depth;
 labels are integer ids `[N]`. A k-shot split whose shots take the whole pool has an empty
-unlabelled set, and the README's "Your own data" code path trains on it unchanged.
+unlabelled set, and the training script of docs/your_data.md trains on it unchanged.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def test_shots_taking_the_whole_pool_leave_an_empty_unlabelled_stream():
 
 
 def readme_data():
-    """The README's "Your own data" inputs, tiny: 10 labelled a class and nothing left."""
+    """The inputs of docs/your_data.md's script, tiny: 10 labelled a class and nothing left."""
     rng = np.random.default_rng(0)
     x = lambda n: rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)  # noqa: E731
     sources = [
