@@ -99,11 +99,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.step.persistent_step_size = 0.02
     config.step.persistent_max = 3.0
     config.step.jit_mixing_weights = False  # solve the weights with XLA (any strategy)
-    # "store" keeps every stream's gradient for the mix; "recompute" takes each stream's
-    # gradient twice, one at a time: at most 3 gradient copies of the network whatever K,
-    # for one more forward/backward pass a stream (large models, many sources); "one_pass"
-    # takes every stream's gradient from one pass over the concatenated batch (batch
-    # normalisation then normalises over the joint batch; docs/algorithm.md).
+    # Or "recompute" (at most 3 gradient copies) or "one_pass" (one pass over the joint batch):
+    # gradmix_tf/training/stream_passes.py.
     config.step.gradient_memory = "store"
 
     # Pseudo-labels for the unlabelled target images: off by default (on the development

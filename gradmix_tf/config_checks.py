@@ -3,9 +3,12 @@
 `experiment.resolve_config` calls `check_config` on the config with its method's preset
 applied. The config flags check the names of the fields (a misspelt `--config.x` is
 refused); these check the values: counts positive, rates and probabilities in range, every
-name one of those the code knows (optimizer, schedule, task, trunk and its options,
-strategy, precision, ...; a task given by import path is imported here). The GradMix options are checked by building them
-(`GradMixOptions.from_config`). Each error is a `ConfigError` naming the field.
+name one of those the code knows (optimizer, schedule, task, trunk and its options, ...; a
+task given by import path is imported here). A value owned by a module is checked there,
+once, and called from here: the strategy and precision (`distribute`), the task
+(`tasks.task_builder`), the trunk (`networks.trunk_builder`), the options of the step
+(`step.*`, `train.on_nonfinite`, `pseudo_labels.confidence_weights`: by building them,
+`GradMixOptions.from_config`). Each error is a `ConfigError` naming the field.
 """
 
 from __future__ import annotations
@@ -17,12 +20,10 @@ import ml_collections
 
 from gradmix_tf import distribute
 from gradmix_tf.errors import ConfigError
-from gradmix_tf.networks import TRUNKS
+from gradmix_tf.networks import trunk_builder
 from gradmix_tf.networks.backbones import check_backbone
-from gradmix_tf.tasks import TASKS, is_import_path, task_builder
+from gradmix_tf.tasks import task_builder
 from gradmix_tf.training.options import GradMixOptions
-from gradmix_tf.training.step_guard import ON_NONFINITE
-from gradmix_tf.training.stream_passes import GRADIENT_MEMORY
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine")
@@ -45,27 +46,16 @@ COUNTS = (  # >= 0
     "data.max_per_class",
     "data.max_shift",
     "pseudo_labels.warmup_epochs",
-    "model.freeze_layers",
-    "model.image_size",
 )
 FLAGS = (
     "data.use_sources",
-    "step.share_target_head",
-    "step.label_adapter",
-    "step.adaptive_learning_rate",
-    "step.jit_mixing_weights",
     "pseudo_labels.enabled",
     "pseudo_labels.class_balance",
-    "pseudo_labels.confidence_weights",
     "train.deterministic",
 )
 CHOICES = {
     "optimizer.name": OPTIMIZERS,
     "optimizer.schedule": SCHEDULES,
-    "train.on_nonfinite": ON_NONFINITE,
-    "step.gradient_memory": GRADIENT_MEMORY,
-    "train.distribute": distribute.STRATEGIES,
-    "train.precision": distribute.PRECISIONS,
     "train.jit_compile": JIT_COMPILE,
     "train.verbose": VERBOSE,
 }
@@ -75,17 +65,12 @@ RANGES = {  # field: (low, high, what), both ends included unless noted in `what
     "pseudo_labels.threshold": (0.0, 1.0, "in [0, 1]"),
     "pseudo_labels.ema_decay": (0.0, 1.0, "in [0, 1) (0: no weight average)"),
     "model.dropout": (0.0, 1.0, "in [0, 1)"),
-    "model.batch_norm_momentum": (0.0, 1.0, "in [0, 1) (0: the backbone's own)"),
-    "step.pretrain_fraction": (0.0, 1.0, "in [0, 1]"),
-    "step.target_weight": (0.0, math.inf, "a number >= 0"),
-    "step.lookahead_step_size": (0.0, math.inf, "a number >= 0 (0: the learning rate)"),
 }
 OPEN_AT_LOW = {"optimizer.learning_rate"}
 OPEN_AT_HIGH = {
     "optimizer.momentum",
     "pseudo_labels.ema_decay",
     "model.dropout",
-    "model.batch_norm_momentum",
 }
 
 
@@ -135,7 +120,7 @@ def _check_names_and_ranges(config):
         inside = _is_number(value)
         inside = inside and (value > low if name in OPEN_AT_LOW else value >= low)
         inside = inside and (value < high if name in OPEN_AT_HIGH else value <= high)
-        if not inside and not (value is None and name == "step.lookahead_step_size"):
+        if not inside:
             raise ConfigError(f"{name} must be {what}, got {value!r}.")
 
 
@@ -155,24 +140,24 @@ def check_config(config: ml_collections.ConfigDict):
     """Raises `ConfigError` naming the first field of `config` with a value the run cannot use."""
     _check_counts(config)
     _check_names_and_ranges(config)
+    train = config.train
+    distribute.check_strategy(train.get("distribute", "none"))
+    distribute.check_precision(train.get("precision", "float32"))
     # Against the live registries, which may grow.
-    if not is_import_path(config.data.task) and config.data.task not in TASKS:
-        raise ConfigError(
-            f"data.task must be one of {', '.join(map(repr, TASKS))} or an import path "
-            f"'package.module:function'; got {config.data.task!r}."
-        )
-    if config.model.trunk not in TRUNKS:
-        raise ConfigError(
-            f"unknown trunk {config.model.trunk!r}; known trunks: {', '.join(TRUNKS)}."
-        )
     model = dict(config.model)
-    _check_options_of("model", TRUNKS[model.pop("trunk")], model, f"trunk {config.model.trunk!r}")
+    trunk = trunk_builder(model.pop("trunk"))
+    _check_options_of("model", trunk, model, f"trunk {config.model.trunk!r}")
     if config.model.trunk == "keras_backbone":
-        check_backbone(model.get("backbone", "MobileNetV3Small"), model.get("weights", "none"))
+        check_backbone(
+            model.get("backbone", "MobileNetV3Small"),
+            model.get("weights", "none"),
+            model.get("freeze_layers", 0),
+            model.get("image_size", 0),
+            model.get("batch_norm_momentum", 0.0),
+        )
     options = dict(config.data.get("task_options") or {})
     task = task_builder(config.data.task)
     _check_options_of("data.task_options", task, options, f"task {config.data.task!r}")
-    train = config.train
     for field in ("steps", "checkpoint_every_steps"):
         if train[field] % train.steps_per_epoch:
             raise ConfigError(
@@ -180,4 +165,4 @@ def check_config(config: ml_collections.ConfigDict):
                 f"({train.steps_per_epoch}): training runs whole epochs and checkpoints only at "
                 "epoch ends, so that a resumed run repeats the uninterrupted one exactly."
             )
-    GradMixOptions.from_config(config)
+    GradMixOptions.from_config(config)  # the options of the step check their own values

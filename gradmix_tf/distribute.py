@@ -47,6 +47,7 @@ def make_strategy(name: str = "none", devices=None) -> tf.distribute.Strategy:
             TensorFlow op runs.
         devices: "mirrored" only: the devices to mirror on (default above).
     """
+    check_strategy(name)
     if name == "none":
         return tf.distribute.get_strategy()
     if name == "mirrored":
@@ -64,7 +65,15 @@ def make_strategy(name: str = "none", devices=None) -> tf.distribute.Strategy:
                 '"task": {"type": "worker", "index": 0}} (index: this worker\'s place).'
             )
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ConfigError(f"distribute must be one of {STRATEGIES}, got {name!r}.")
+    raise AssertionError(name)  # (checked above)
+
+
+def check_strategy(name: str) -> str:
+    """`name` if it is a strategy `make_strategy` makes."""
+    if name not in STRATEGIES:
+        known = ", ".join(map(repr, STRATEGIES))
+        raise ConfigError(f"train.distribute must be one of {known}; got {name!r}.")
+    return name
 
 
 def is_chief(strategy: tf.distribute.Strategy | None = None) -> bool:
@@ -112,7 +121,8 @@ def shard_by_data(dataset: tf.data.Dataset) -> tf.data.Dataset:
 def check_precision(precision: str) -> str:
     """`precision` if it is a Keras dtype policy this project trains with."""
     if precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {PRECISIONS}, got {precision!r}.")
+        known = ", ".join(map(repr, PRECISIONS))
+        raise ConfigError(f"train.precision must be one of {known}; got {precision!r}.")
     return precision
 
 

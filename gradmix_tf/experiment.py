@@ -35,7 +35,6 @@ since that checkpoint are repeated. This rests on three facts:
 from __future__ import annotations
 
 import csv
-import inspect
 import os
 import re
 import time
@@ -62,7 +61,7 @@ from gradmix_tf.config_checks import check_config
 from gradmix_tf.data.streams import DataError, MultiStreamData
 from gradmix_tf.errors import CheckpointError, ConfigError, TrainingStoppedError
 from gradmix_tf.export.saved_model import export_target_model
-from gradmix_tf.networks import TRUNKS
+from gradmix_tf.networks import build_trunk
 from gradmix_tf.tasks import load_task
 from gradmix_tf.training.checks import check_model_matches_data
 from gradmix_tf.training.gradmix_model import GradMixModel
@@ -171,11 +170,9 @@ def build_data(config: ml_collections.ConfigDict) -> MultiStreamData:
 def build_model(config: ml_collections.ConfigDict, data: MultiStreamData) -> GradMixModel:
     """The GradMixModel of a config, built and compiled (in the current strategy scope)."""
     model_config = dict(config.model)
-    build_trunk = TRUNKS[model_config.pop("trunk")]
-    if "input_shape" in inspect.signature(build_trunk).parameters:
-        # A trunk built for a fixed input (a keras.applications backbone) gets the data's.
-        model_config.setdefault("input_shape", tuple(data.image_shape))
-    trunk = build_trunk(**model_config)
+    name = model_config.pop("trunk")
+    model_config.setdefault("input_shape", data.image_shape)  # if the trunk takes one
+    trunk = build_trunk(name, **model_config)
     unlabelled = data.target.unlabelled
     model = GradMixModel(
         trunk,

@@ -63,7 +63,8 @@ from ml_collections import config_flags  # noqa: E402
 
 from gradmix_tf import experiment  # noqa: E402
 from gradmix_tf.data.streams import MultiStreamData  # noqa: E402
-from gradmix_tf.training.gradmix_model import GradMixModel, cross_entropy  # noqa: E402
+from gradmix_tf.training.gradmix_model import GradMixModel  # noqa: E402
+from gradmix_tf.training.step_context import cross_entropy  # noqa: E402
 from launch import errors  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "A config file (configs/*.py[:arg]).")

@@ -13,7 +13,7 @@ import pytest
 
 from gradmix_tf.datasets import DatasetNotReadyError, hmdb51
 from gradmix_tf.tasks import actions_hmdb51
-from tests.test_video_builders import hmdb51_manual_dir, kinetics_manual_dir
+from tests.video_testing import hmdb51_manual_dir, kinetics_manual_dir
 
 OPTIONS = {
     "use_ucf101": False,

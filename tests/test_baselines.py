@@ -10,7 +10,7 @@ import tensorflow as tf
 from configs import digits
 from gradmix_tf import experiment
 from gradmix_tf.mixing import baselines
-from tests.test_gradmix_model import (
+from tests.model_testing import (
     OTHER_CLASSES,
     TARGET_CLASSES,
     cross_entropy,
@@ -84,7 +84,7 @@ def test_nested_tape_alignments_equal_per_example_gradients():
     model = make_model(sources, rule="example_reweighting")
     batch = random_batch(sources, count=3)
     streams, target = model._stream_batches(batch)
-    reweighted = model.rule.prepare_streams(model, streams, target)
+    reweighted = model.rule.prepare_streams(model._step_context(), streams, target)
     totals = [s.stream_weight for s in reweighted]
 
     target_x, target_y = batch["target"]

@@ -12,9 +12,15 @@ import tensorflow as tf
 from PIL import Image
 
 from gradmix_tf.export import predict as predict_module
-from gradmix_tf.export.predict import load_image, predict_files
+from gradmix_tf.export.predict import predict_files, read_image
 from gradmix_tf.export.saved_model import METADATA_FILE, export_target_model, load_exported
 from gradmix_tf.training.gradmix_model import GradMixModel
+
+
+def _load_image(path, input_shape):
+    """The pixels of an image file as the predictor reads them."""
+    return read_image(path, input_shape)[0]
+
 
 IMAGE_SHAPE = (8, 8, 1)
 TARGET_CLASSES = ("a", "b", "c")
@@ -124,7 +130,7 @@ def test_load_exported_serve_equals_predict(exported):
 def test_load_image_resizes_and_converts_grey_to_rgb(tmp_path):
     path = str(tmp_path / "grey.png")
     Image.fromarray(np.full((30, 20), 128, np.uint8), mode="L").save(path)
-    pixels = load_image(path, (8, 8, 3))
+    pixels = _load_image(path, (8, 8, 3))
     assert pixels.shape == (8, 8, 3)
     assert pixels.dtype == np.float32
     np.testing.assert_allclose(pixels, np.full((8, 8, 3), 128 / 255), atol=1e-6)
@@ -133,7 +139,7 @@ def test_load_image_resizes_and_converts_grey_to_rgb(tmp_path):
 def test_load_image_converts_rgb_to_grey(tmp_path):
     path = str(tmp_path / "red.png")
     Image.fromarray(np.tile(np.array([255, 0, 0], np.uint8), (5, 9, 1)), mode="RGB").save(path)
-    pixels = load_image(path, IMAGE_SHAPE)
+    pixels = _load_image(path, IMAGE_SHAPE)
     assert pixels.shape == IMAGE_SHAPE
     # PIL's luma: L = 0.299 R + 0.587 G + 0.114 B -> 76 for pure red.
     np.testing.assert_allclose(pixels, np.full(IMAGE_SHAPE, 76 / 255), atol=1e-6)
@@ -141,7 +147,7 @@ def test_load_image_converts_rgb_to_grey(tmp_path):
 
 def test_load_image_reads_jpeg(image_files):
     _, jpeg = image_files
-    pixels = load_image(jpeg, IMAGE_SHAPE)
+    pixels = _load_image(jpeg, IMAGE_SHAPE)
     assert pixels.shape == IMAGE_SHAPE
     assert 0.0 <= pixels.min() and pixels.max() <= 1.0
 
@@ -149,17 +155,17 @@ def test_load_image_reads_jpeg(image_files):
 def test_load_image_errors_name_the_file(tmp_path):
     missing = str(tmp_path / "missing.png")
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        load_image(missing, IMAGE_SHAPE)
+        _load_image(missing, IMAGE_SHAPE)
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(np.random.default_rng(0).bytes(64))
     with pytest.raises(ValueError, match=r"cannot read .*corrupt.png as an image"):
-        load_image(str(corrupt), IMAGE_SHAPE)
+        _load_image(str(corrupt), IMAGE_SHAPE)
 
 
 def _check_predictions(predictions, loaded, paths, top_k):
     """Each file's top-k equals serve on the file's resized image, ranked."""
     assert len(predictions) == len(paths)
-    images = np.stack([load_image(p, IMAGE_SHAPE) for p in paths])
+    images = np.stack([_load_image(p, IMAGE_SHAPE) for p in paths])
     probabilities = loaded.serve(tf.constant(images)).numpy()
     for classes, row in zip(predictions, probabilities):
         assert len(classes) == top_k
@@ -206,7 +212,7 @@ def test_the_export_of_a_real_run_ranks_its_classes(smoke_workdir, image_files):
     serve, metadata = load_exported(path)
     assert len(metadata["class_names"]) == 10
     predictions = predict_files(path, list(image_files), top_k=3)
-    images = np.stack([load_image(p, tuple(metadata["input_shape"])) for p in image_files])
+    images = np.stack([_load_image(p, tuple(metadata["input_shape"])) for p in image_files])
     probabilities = serve(images).numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     for classes, row in zip(predictions, probabilities):

@@ -6,7 +6,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_gradmix_model import (
+
+from gradmix_tf.mixing.groups import block_name, group_name, mixing_groups
+from gradmix_tf.training.gradmix_model import GradMixModel
+from gradmix_tf.training.options import GradMixOptions
+from tests.model_testing import (
     IMAGE_SHAPE,
     OTHER_CLASSES,
     TARGET_CLASSES,
@@ -14,10 +18,6 @@ from test_gradmix_model import (
     random_batch,
     train_step,
 )
-
-from gradmix_tf.mixing.groups import block_name, group_name, mixing_groups
-from gradmix_tf.training.gradmix_model import GradMixModel
-from gradmix_tf.training.options import GradMixOptions
 
 SOURCES = (TARGET_CLASSES, OTHER_CLASSES)
 RULE_OPTIONS = {

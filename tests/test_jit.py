@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_gradmix_model import OTHER_CLASSES, TARGET_CLASSES, make_model, random_batch
 
 from gradmix_tf.mixing import weights
 from gradmix_tf.training.gradmix_model import GradMixModel
+from tests.model_testing import OTHER_CLASSES, TARGET_CLASSES, make_model, random_batch
 
 SOURCES = (TARGET_CLASSES, OTHER_CLASSES, OTHER_CLASSES)
 
@@ -40,8 +40,9 @@ def test_jit_solve_equals_the_plain_solve(alignment, granularity, normalization)
         "normalization": normalization,
         "weight_total": 2.0,
     }
-    plain = weights.solve_mixing_weights(dots, target_sq, stream_sq, layer_ids, 4, **options)
-    jit = weights.solve_mixing_weights_jit(dots, target_sq, stream_sq, layer_ids, 4, **options)
+    products = [weights.layer_sums(p, layer_ids, 4) for p in (dots, target_sq, stream_sq)]
+    plain = weights.solve_layer_weights(*products, **options)
+    jit = weights.solve_layer_weights_jit(*products, **options)
     np.testing.assert_allclose(jit[0], plain[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(jit[1], plain[1], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(jit[0][-1], tf.zeros([4]))  # no gradient, no weight
@@ -55,8 +56,9 @@ def test_jit_solve_equals_the_plain_solve(alignment, granularity, normalization)
 def test_jit_is_compiled():
     """The XLA version compiles to one XLA program (HLO), not to a TF graph."""
     dots, target_sq, stream_sq, layer_ids = random_products(seed=0)
-    hlo = weights.solve_mixing_weights_jit.experimental_get_compiler_ir(
-        dots, target_sq, stream_sq, layer_ids, 4, "dot", "layer", "per_layer", 1.0
+    products = [weights.layer_sums(p, layer_ids, 4) for p in (dots, target_sq, stream_sq)]
+    hlo = weights.solve_layer_weights_jit.experimental_get_compiler_ir(
+        *products, "dot", "layer", "per_layer", 1.0
     )(stage="hlo")
     assert "HloModule" in hlo
 

@@ -14,14 +14,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_gradmix_model import (
-    OTHER_CLASSES,
-    TARGET_CLASSES,
-    cross_entropy,
-    make_model,
-    random_batch,
-    train_step,
-)
 
 from configs import digits as digits_config
 from gradmix_tf import experiment
@@ -37,6 +29,14 @@ from gradmix_tf.networks.label_adapter import LabelAdapter, matched_classes
 from gradmix_tf.tasks import digits, label_space_sources
 from gradmix_tf.training.gradmix_model import GradMixModel
 from gradmix_tf.training.options import GradMixOptions
+from tests.model_testing import (
+    OTHER_CLASSES,
+    TARGET_CLASSES,
+    cross_entropy,
+    make_model,
+    random_batch,
+    train_step,
+)
 
 SUBSET = ("a", "c")  # a source with two of the target's three classes
 
@@ -296,7 +296,7 @@ def test_the_source_head_estimate_reads_the_trusted_target():
     relation = model.label_adapters[0].relation()
     np.testing.assert_array_equal(relation.argmax(axis=1), reordering)
     assert relation.max(axis=1).min() > 0.8
-    with pytest.raises(ValueError, match="estimate must be one of"):
+    with pytest.raises(ValueError, match="source_head.* needs the trusted"):
         LabelRelationEstimator([trusted], 2, estimate="source_head")
 
 
@@ -320,6 +320,18 @@ def test_the_learning_rate_scale_moves_the_relation_faster():
 
 
 # ---------------------------------------------------------------------- the dev sources
+def true_relation(relation: str) -> np.ndarray:
+    """[10, 10] the relation M[i, j] = P(label j | digit i) that `relation` is built to have."""
+    sources, eye = label_space_sources, np.eye(10)
+    return {
+        "correct": eye,
+        "reordered": eye[list(sources.REORDERING)],
+        "half_random": (1 - sources.SYMMETRIC_NOISE) * eye + sources.SYMMETRIC_NOISE / 10,
+        "pair_flips": (1 - sources.PAIR_FLIP_RATE) * eye
+        + sources.PAIR_FLIP_RATE * np.roll(eye, 1, axis=1),
+    }[relation]
+
+
 def test_label_relations_of_the_development_sources():
     labels = np.repeat(np.arange(10), 100)
     reordered = label_space_sources.relabel(labels, "reordered")
@@ -334,7 +346,7 @@ def test_label_relations_of_the_development_sources():
     np.testing.assert_array_equal(label_space_sources.relabel(labels, "correct"), labels)
     np.testing.assert_array_equal(noisy, label_space_sources.relabel(labels, "half_random"))
     for relation in label_space_sources.RELATIONS:
-        expected = label_space_sources.true_relation(relation)
+        expected = true_relation(relation)
         np.testing.assert_allclose(expected.sum(axis=1), 1.0)
         noisy_labels = label_space_sources.relabel(labels, relation)
         observed = estimate_label_relation(np.eye(10)[labels], np.eye(10)[noisy_labels], 0.0)

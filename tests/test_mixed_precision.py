@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_gradmix_model import OTHER_CLASSES, TARGET_CLASSES, make_model, random_batch
 
 from gradmix_tf import distribute
+from tests.model_testing import OTHER_CLASSES, TARGET_CLASSES, make_model, random_batch
 
 SOURCES = (TARGET_CLASSES, OTHER_CLASSES)
 

@@ -6,40 +6,33 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_gradmix_model import (
-    IMAGE_SHAPE,
-    LEARNING_RATE,
-    MODES,
-    OTHER_CLASSES,
-    TARGET_CLASSES,
-    assert_logs_close,
-    copy_of,
-    cross_entropy,
-    make_model,
-    random_batch,
-    tiny_trunk,
-)
 
 from gradmix_tf.training.gradmix_model import GradMixModel
+from tests import model_testing as testing
 
-SOURCES = (TARGET_CLASSES, OTHER_CLASSES)  # "svhn" shares h_T, "usps" has a head of its own
+SOURCES = (
+    testing.TARGET_CLASSES,
+    testing.OTHER_CLASSES,
+)  # "svhn" shares h_T, "usps" has a head of its own
 SOURCE_NAMES = ("svhn", "usps")
 NUM_UNLABELLED = 6
 
 
 def nonfinite_model(on_nonfinite="stop", light=False) -> GradMixModel:
     """Two sources and P, Adam (slots to spoil), adaptive learning rate; `light`: no P, SGD."""
-    return make_model(
+    return testing.make_model(
         SOURCES,
         source_names=SOURCE_NAMES,
         num_unlabelled=0 if light else NUM_UNLABELLED,
-        optimizer=keras.optimizers.SGD(LEARNING_RATE) if light else keras.optimizers.Adam(1e-2),
+        optimizer=keras.optimizers.SGD(testing.LEARNING_RATE)
+        if light
+        else keras.optimizers.Adam(1e-2),
         on_nonfinite=on_nonfinite,
     )
 
 
 def batch(seed=0) -> dict:
-    return random_batch(SOURCES, seed=seed, num_unlabelled=NUM_UNLABELLED)
+    return testing.random_batch(SOURCES, seed=seed, num_unlabelled=NUM_UNLABELLED)
 
 
 def with_nonfinite(batch: dict, stream: str, value=np.nan, example=0) -> dict:
@@ -92,7 +85,7 @@ def assert_same_state(got, expected, skipped_changes=0):
     [("usps", np.nan), ("target", np.inf), ("pseudo_labels", np.nan)],
     ids=["usps_nan", "target_inf", "pseudo_labels_nan"],
 )
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", testing.MODES)
 def test_raises_naming_the_stream_and_the_step(mode, stream_and_value):
     stream, value = stream_and_value
     model = nonfinite_model("stop")
@@ -127,7 +120,7 @@ def test_fit_raises_before_the_update():
 
 # ----------------------------------------------------------------------- skip
 @pytest.mark.parametrize("stream", ["svhn", "usps", "target"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", testing.MODES)
 def test_skipped_batch_changes_nothing_and_the_next_one_trains(mode, stream):
     model, twin = nonfinite_model("skip"), nonfinite_model("skip")  # twin: no bad batch
     step, twin_step = stepper(model, mode), stepper(twin, mode)
@@ -145,7 +138,7 @@ def test_skipped_batch_changes_nothing_and_the_next_one_trains(mode, stream):
     twin_logs = twin_step(batch(seed=2))
     assert logs.pop("nonfinite_skipped") == 1.0
     assert twin_logs.pop("nonfinite_skipped") == 0.0
-    assert_logs_close(logs, twin_logs)
+    testing.assert_logs_close(logs, twin_logs)
     assert_same_state(state_of(model), state_of(twin), skipped_changes=1)
     assert int(model.optimizer.iterations.numpy()) == 2
 
@@ -174,10 +167,10 @@ def test_one_replica_mirrored_strategy(on_nonfinite, expected):
 
 def test_xla_skips_when_it_cannot_stop():
     """XLA drops asserts: "stop" then skips (and counts) rather than failing to compile."""
-    model = make_model((OTHER_CLASSES,), source_names=("usps",))
-    model.compile(optimizer=keras.optimizers.SGD(LEARNING_RATE), jit_compile=True)
+    model = testing.make_model((testing.OTHER_CLASSES,), source_names=("usps",))
+    model.compile(optimizer=keras.optimizers.SGD(testing.LEARNING_RATE), jit_compile=True)
     step = tf.function(model.train_step, jit_compile=True)
-    data = random_batch((OTHER_CLASSES,))
+    data = testing.random_batch((testing.OTHER_CLASSES,))
     bad_source = tf.tensor_scatter_nd_update(data["sources"][0][0], [[0, 1, 1, 0]], [np.nan])
     logs = step({"sources": ((bad_source, data["sources"][0][1]),), "target": data["target"]})
     assert int(logs["nonfinite_skipped"]) == 1
@@ -187,7 +180,7 @@ def test_xla_skips_when_it_cannot_stop():
 
 # ---------------------------------------------------------------- finite step
 @pytest.mark.parametrize("on_nonfinite", ["stop", "skip"])
-@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("mode", testing.MODES)
 def test_finite_step_is_the_plain_sgd_step(mode, on_nonfinite):
     """K = 1, w = 1, lambda_T = 0, r_t = 1: GradMix is SGD on the source's loss."""
     options = {
@@ -196,9 +189,9 @@ def test_finite_step_is_the_plain_sgd_step(mode, on_nonfinite):
         "adaptive_learning_rate": False,
         "on_nonfinite": on_nonfinite,
     }
-    model = make_model((OTHER_CLASSES,), **options)
-    manual = copy_of(model, **options)
-    data = random_batch((OTHER_CLASSES,))
+    model = testing.make_model((testing.OTHER_CLASSES,), **options)
+    manual = testing.copy_of(model, **options)
+    data = testing.random_batch((testing.OTHER_CLASSES,))
     logs = stepper(model, mode)(data)
     assert ("nonfinite_skipped" in logs) == (on_nonfinite == "skip")
     assert logs.get("nonfinite_skipped", 0.0) == 0.0
@@ -206,9 +199,11 @@ def test_finite_step_is_the_plain_sgd_step(mode, on_nonfinite):
     x, y = data["sources"][0]
     variables = manual.trunk.trainable_variables + manual.heads[1].trainable_variables
     with tf.GradientTape() as tape:
-        loss = tf.reduce_mean(cross_entropy(manual.heads[1](manual.trunk(x, training=True)), y))
+        loss = tf.reduce_mean(
+            testing.cross_entropy(manual.heads[1](manual.trunk(x, training=True)), y)
+        )
     for variable, gradient in zip(variables, tape.gradient(loss, variables)):
-        variable.assign(variable - LEARNING_RATE * gradient)
+        variable.assign(variable - testing.LEARNING_RATE * gradient)
     for expected, got in zip(manual.trainable_variables, model.trainable_variables):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7, err_msg=got.path)
     assert int(model.optimizer.iterations.numpy()) == 1
@@ -216,8 +211,13 @@ def test_finite_step_is_the_plain_sgd_step(mode, on_nonfinite):
 
 # -------------------------------------------------------------------- options
 def test_bad_value_raises():
-    with pytest.raises(ValueError, match=r"on_nonfinite must be one of \('stop', 'skip'\)"):
-        GradMixModel(tiny_trunk(), TARGET_CLASSES, [OTHER_CLASSES], on_nonfinite="ignore")
+    with pytest.raises(ValueError, match="on_nonfinite must be one of 'stop', 'skip'"):
+        GradMixModel(
+            testing.tiny_trunk(),
+            testing.TARGET_CLASSES,
+            [testing.OTHER_CLASSES],
+            on_nonfinite="ignore",
+        )
 
 
 def test_config_and_state():
@@ -231,15 +231,15 @@ def test_config_and_state():
 @pytest.mark.parametrize("order", ["compile_then_build", "build_then_compile"])
 def test_optimizer_is_built_before_the_first_step(order):
     """The step applies the optimizer inside a `tf.cond`: it must exist by then."""
-    model = GradMixModel(tiny_trunk(), TARGET_CLASSES, SOURCES, on_nonfinite="skip")
+    model = GradMixModel(testing.tiny_trunk(), testing.TARGET_CLASSES, SOURCES, on_nonfinite="skip")
     steps = [
-        lambda: model.build((None, *IMAGE_SHAPE)),
+        lambda: model.build((None, *testing.IMAGE_SHAPE)),
         lambda: model.compile(optimizer=keras.optimizers.Adam(1e-3)),
     ]
     for step in steps if order == "build_then_compile" else steps[::-1]:
         step()
     assert model.optimizer.built
-    data = random_batch(SOURCES)
+    data = testing.random_batch(SOURCES)
     step = stepper(model, "graph")
     step(with_nonfinite(data, "target"))
     step(data)

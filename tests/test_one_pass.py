@@ -14,11 +14,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_gradmix_model import OTHER_CLASSES, TARGET_CLASSES, random_batch
 
 from gradmix_tf import distribute
 from gradmix_tf.training import layer_gradients, one_pass
 from gradmix_tf.training.gradmix_model import GradMixModel
+from gradmix_tf.training.step_context import scaled_mean
+from tests.model_testing import OTHER_CLASSES, TARGET_CLASSES, random_batch
 
 SOURCES = (TARGET_CLASSES, OTHER_CLASSES)  # one source on h_T, one with a head of its own
 NUM_UNLABELLED = 6
@@ -140,7 +141,7 @@ def step_gradients(model, batch, mixing_weights):
     @tf.function
     def run(batch):
         streams, target = model._stream_batches(batch)
-        step = model.stream_passes.run(streams, target)
+        step = model.stream_passes.run(model._step_context(), streams, target)
         return {
             "streams": step.gradients.streams,
             "target": step.gradients.target,
@@ -159,7 +160,7 @@ def test_every_layer_gives_each_stream_its_gradient(trunk):
     target's path, on its own head, the products <g_T, g_s>, |g_T|^2, |g_s|^2 and the mixed
     gradient equal those of one pass a stream, to 1e-5."""
     stored, joint = make_model("store", trunk), make_model("one_pass", trunk)
-    plan = joint.stream_passes.joint_pass.plan()
+    plan = one_pass.make_plan(joint.network)
     assert plan.unsupported is None
     assert plan.generic == (("scale",) if trunk == "image" else ())
     rules = {type(plan.rules[id(layer)]).__name__ for layer in plan.layers}
@@ -237,7 +238,7 @@ def test_batch_norm_in_training_mode_normalises_over_the_joint_batch():
     with tf.GradientTape() as tape:  # joint training's loss, per stream through its head
         features = tf.split(model.trunk(inputs, training=True), len(batches))
         loss = tf.add_n(
-            [model.scaled_mean(model.head_loss(b, f), b) for b, f in zip(batches, features)]
+            [scaled_mean(model.network.head_loss(b, f), b) for b, f in zip(batches, features)]
         )
     joint_grads = tape.gradient(loss, model.path_variables)
     for variable, value in zip(model.non_trainable_variables, before):  # undo its updates

@@ -25,12 +25,18 @@ from gradmix_tf.export.predict import (
     FileError,
     MissingFileError,
     classify_files,
-    load_image,
     predict_files,
+    read_image,
 )
 from gradmix_tf.tasks import digits
 from launch import predict as predict_launcher
 from tests.workdir_testing import file_hashes
+
+
+def _load_image(path, input_shape):
+    """The pixels of an image file as the predictor reads them."""
+    return read_image(path, input_shape)[0]
+
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIZE = (44, 36)  # (width, height) of the test files: the model's 32x32 input is resized to
@@ -70,9 +76,9 @@ def test_16_bit_grey_png_is_divided_by_65535_not_clipped(tmp_path):
     values = np.array([[0, 0x4000, 0x8000, 0xFFFF]], np.uint16)[..., None]  # [1, 4, 1]
     path = save_png(tmp_path / "grey16.png", np.repeat(values, 4, axis=0))
     assert Image.open(path).mode.startswith("I")  # how PIL opens it
-    pixels = load_image(path, (4, 4, 1))
+    pixels = _load_image(path, (4, 4, 1))
     np.testing.assert_allclose(pixels[0, :, 0], [0, 0x4000 / 65535, 0x8000 / 65535, 1], atol=1e-6)
-    np.testing.assert_allclose(load_image(path, (4, 4, 3)), np.repeat(pixels, 3, -1), atol=1e-6)
+    np.testing.assert_allclose(_load_image(path, (4, 4, 3)), np.repeat(pixels, 3, -1), atol=1e-6)
 
 
 def test_16_bit_grey_png_gives_the_class_and_probability_of_its_8_bit_version(
@@ -97,7 +103,7 @@ def test_16_bit_colour_png_gives_the_class_and_probability_of_its_8_bit_version(
     eight = save_png(tmp_path / "colour8.png", pixels)
     sixteen = save_png(tmp_path / "colour16.png", sixteen_bit(pixels))
     np.testing.assert_allclose(
-        load_image(sixteen, (32, 32, 3)), load_image(eight, (32, 32, 3)), atol=1e-6
+        _load_image(sixteen, (32, 32, 3)), _load_image(eight, (32, 32, 3)), atol=1e-6
     )
     name, probability = top_class(export, eight)
     assert top_class(export, sixteen) == (name, pytest.approx(probability, abs=1e-3))
@@ -110,12 +116,12 @@ def test_palette_and_alpha_images_read_as_their_colours(digit_pixels, tmp_path):
     rgb.convert("RGBA").save(tmp_path / "rgba.png")
     rgb.convert("L").convert("LA").save(tmp_path / "la.png")
     shape = (32, 32, 3)
-    expected = load_image(save_png(tmp_path / "rgb.png", digit_pixels[1]), shape)
-    np.testing.assert_allclose(load_image(str(tmp_path / "rgba.png"), shape), expected, atol=1e-6)
-    quantized = load_image(save_png(tmp_path / "q.png", np.asarray(palette.convert("RGB"))), shape)
-    np.testing.assert_allclose(load_image(str(tmp_path / "palette.png"), shape), quantized)
-    grey = load_image(str(tmp_path / "la.png"), (32, 32, 1))
-    np.testing.assert_allclose(grey, load_image(str(tmp_path / "rgb.png"), (32, 32, 1)), atol=1e-6)
+    expected = _load_image(save_png(tmp_path / "rgb.png", digit_pixels[1]), shape)
+    np.testing.assert_allclose(_load_image(str(tmp_path / "rgba.png"), shape), expected, atol=1e-6)
+    quantized = _load_image(save_png(tmp_path / "q.png", np.asarray(palette.convert("RGB"))), shape)
+    np.testing.assert_allclose(_load_image(str(tmp_path / "palette.png"), shape), quantized)
+    grey = _load_image(str(tmp_path / "la.png"), (32, 32, 1))
+    np.testing.assert_allclose(grey, _load_image(str(tmp_path / "rgb.png"), (32, 32, 1)), atol=1e-6)
 
 
 # ------------------------------------------------------- unreadable files

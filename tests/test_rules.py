@@ -8,7 +8,6 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
-from test_gradmix_model import OTHER_CLASSES, TARGET_CLASSES, make_model, random_batch
 
 from configs import digits
 from gradmix_tf import rules
@@ -16,6 +15,7 @@ from gradmix_tf.mixing import weights
 from gradmix_tf.rules import Mix, MixingRule, register_rule
 from gradmix_tf.training.gradmix_model import GradMixModel
 from gradmix_tf.training.options import GradMixOptions
+from tests.model_testing import OTHER_CLASSES, TARGET_CLASSES, make_model, random_batch
 
 SOURCES = (TARGET_CLASSES, OTHER_CLASSES)
 
@@ -48,8 +48,8 @@ def test_a_new_rule_is_one_class_and_a_name():
 
     @register_rule("test_half")
     class HalfRule(MixingRule):
-        def stream_mix(self, model, streams, target, gradients):
-            shape = [gradients.num_streams, model.num_mixing_layers]
+        def stream_mix(self, step, streams, target, gradients):
+            shape = [gradients.num_streams, step.num_mixing_layers]
             return Mix(tf.fill(shape, 0.5), self.options.target_weight)
 
     try:
@@ -146,11 +146,13 @@ def test_persistent_weights_start_at_one_move_by_the_cosine_and_persist():
     batch = random_batch(SOURCES, seed=0)
     # The expected cosines, from this batch's gradients at the current weights.
     streams, target = model._stream_batches(batch)
-    grads = [model.stream_gradients(s)[1] for s in streams]
-    target_grads = model.stream_gradients(target)[1]
-    cos = weights.layer_alignment(
-        target_grads, grads, model.mixing_layer_ids, model.num_mixing_layers, "cosine"
-    ).numpy()
+    context = model._step_context()
+    grads = [context.stream_gradients(s)[1] for s in streams]
+    target_grads = context.stream_gradients(target)[1]
+    layer_ids = tf.constant(model.mixing_layer_ids, tf.int32)
+    products = weights.per_variable_products(target_grads, grads)
+    layer_products = [weights.layer_sums(p, layer_ids, model.num_mixing_layers) for p in products]
+    cos = weights.alignment_scores(*layer_products, "cosine").numpy()
     step = tf.function(model.train_step)
     step(batch)
     expected = np.clip(1.0 + 0.1 * cos, 0.0, 3.0)

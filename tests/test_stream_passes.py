@@ -10,7 +10,7 @@ import tensorflow as tf
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.training.gradmix_model import GradMixModel
 from gradmix_tf.training.options import GradMixOptions
-from tests.test_gradmix_model import (
+from tests.model_testing import (
     IMAGE_SHAPE,
     OTHER_CLASSES,
     TARGET_CLASSES,
@@ -85,15 +85,16 @@ def test_a_second_pass_repeats_the_first():
     batch statistics and dropout mask, so the same gradients, and the same state after."""
     model = make_model("recompute", dropout=0.5)
     stream = model._stream_batches(random_batch(SOURCES, seed=4, num_unlabelled=6))[0][1]
-    state = model.layer_states(stream.head)
-    first = model.stream_gradients(stream)
+    step = model._step_context()
+    state = model.network.layer_states(stream.head)
+    first = step.stream_gradients(stream)
     after_first = [v.numpy() for v in model.non_trainable_variables]
-    second = model.stream_gradients(stream, state)
+    second = step.stream_gradients(stream, state)
     for a, b in zip(tf.nest.flatten(first), tf.nest.flatten(second)):
         np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-7)
     for value, variable in zip(after_first, model.non_trainable_variables):
         np.testing.assert_array_equal(variable.numpy(), value, err_msg=variable.path)
-    third = model.stream_gradients(stream)  # a new mask: the seed moved on
+    third = step.stream_gradients(stream)  # a new mask: the seed moved on
     assert max(float(tf.reduce_max(tf.abs(a - b))) for a, b in zip(first[1], third[1])) > 0
 
 

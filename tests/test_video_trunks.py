@@ -16,7 +16,7 @@ from gradmix_tf import experiment
 from gradmix_tf.data.streams import LabelledStream, MultiStreamData, TargetSplit
 from gradmix_tf.export.predict import predict_files
 from gradmix_tf.export.saved_model import export_target_model, load_exported
-from gradmix_tf.networks import video_trunks
+from gradmix_tf.networks import TRUNKS, video_trunks
 from tests.video_testing import HMDB51_CARTWHEEL, REPO_ROOT, UCF101_CLIPS, shared_clip
 
 CLIP_SHAPE = (6, 32, 32, 3)
@@ -82,7 +82,7 @@ def test_trunk_trains_under_gradmix_and_exports(name, tmp_path, monkeypatch):
     custom = functools.partial(
         video_trunks.frame_encoder, backbone, CLIP_SHAPE[1:], dense_units=0, temporal_pooling="max"
     )
-    monkeypatch.setitem(experiment.TRUNKS, "frame_encoder_custom", custom)
+    monkeypatch.setitem(TRUNKS, "frame_encoder_custom", custom)
     data = tiny_clip_data()
     config = tiny_config(trunk, **options)
     keras.utils.set_random_seed(0)

@@ -38,7 +38,6 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from gradmix_tf.data.streams import LabelledStream
-from gradmix_tf.networks.label_adapter import ESTIMATES
 
 
 def estimate_label_relation(target_classes, source_labels, smoothing: float = 1.0) -> np.ndarray:
@@ -113,11 +112,8 @@ class LabelRelationEstimator(keras.callbacks.Callback):
         super().__init__()
         self.sources = list(sources)
         self.trusted = trusted
-        if estimate not in ESTIMATES or (estimate == "source_head" and trusted is None):
-            raise ValueError(
-                f"estimate must be one of {ESTIMATES} (source_head with the trusted "
-                f"labelled target stream), got {estimate!r}."
-            )
+        if estimate == "source_head" and trusted is None:  # (`ESTIMATES`: GradMixOptions)
+            raise ValueError("estimate='source_head' needs the trusted labelled target stream.")
         self.estimate_from = estimate
         self.warmup_epochs = int(warmup_epochs)
         self.refresh_every = int(refresh_every)

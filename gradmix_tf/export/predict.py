@@ -102,16 +102,6 @@ def read_image(path: str, input_shape: Sequence[int]) -> tuple[np.ndarray, tuple
         ) from None
 
 
-def load_image(path: str, input_shape: Sequence[int]) -> np.ndarray:
-    """Reads an image file as float32 [H, W, C] in [0, 1], resized to `input_shape`.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: a directory, or not a readable image.
-    """
-    return read_image(path, input_shape)[0]
-
-
 def size_warning(size: tuple[int, int], input_shape: Sequence[int]) -> str | None:
     """A warning when an image is much smaller (a side < half) than the model's input."""
     (width, height), (model_height, model_width) = size, input_shape[:2]

@@ -15,19 +15,6 @@ from __future__ import annotations
 import tensorflow as tf
 
 
-def batch_importance(mixed_grads, target_grads):
-    """rho = max(cos(G, g_T), 0) over all variables of the target's path."""
-    dot = tf.add_n(
-        [
-            tf.reduce_sum(tf.cast(m, tf.float32) * tf.cast(t, tf.float32))
-            for m, t in zip(mixed_grads, target_grads)
-        ]
-    )
-    mixed_sq = tf.add_n([tf.reduce_sum(tf.square(tf.cast(m, tf.float32))) for m in mixed_grads])
-    target_sq = tf.add_n([tf.reduce_sum(tf.square(tf.cast(t, tf.float32))) for t in target_grads])
-    return clipped_cosine(dot, mixed_sq, target_sq)
-
-
 def batch_importance_from_products(mixed_grads, mixed_target, target_sq):
     """rho = max(cos(G, g_T), 0) from <G, g_T> and |g_T|^2 taken already
     (`mixing.stream_gradients`): one pass over G for |G|^2."""

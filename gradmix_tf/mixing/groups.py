@@ -63,10 +63,8 @@ def group_name(layer_path: str, layer_groups: str = "layer") -> str:
 
     A path keeps its prefix; only its last part (the layer's name) is grouped.
     """
-    if layer_groups == "layer":
+    if layer_groups == "layer":  # or "block" (`LAYER_GROUPS`, checked by `GradMixOptions`)
         return layer_path
-    if layer_groups != "block":
-        raise ValueError(f"layer_groups must be one of {LAYER_GROUPS}, got {layer_groups!r}.")
     prefix, _, name = layer_path.rpartition("/")
     block = block_name(name)
     return f"{prefix}/{block}" if prefix else block

@@ -46,21 +46,10 @@ class StreamGradients:
         self.layer_ids = list(layer_ids)
         self.num_layers = int(num_layers)
 
-    @classmethod
-    def from_products(cls, products, layer_ids, num_layers: int) -> StreamGradients:
-        """Products taken already (dots [S, V], target_sq [V], stream_sq [S, V]), without
-        the gradients (`gradient_memory="recompute"`): `streams` and `target` are None."""
-        gradients = cls([], [], layer_ids, num_layers)
-        gradients.streams = gradients.target = None
-        gradients.__dict__["variable_products"] = products
-        return gradients
-
     @property
     def num_streams(self) -> int:
         """S."""
-        return (
-            int(self.variable_products[0].shape[0]) if self.streams is None else len(self.streams)
-        )
+        return len(self.streams)
 
     @functools.cached_property
     def variable_products(self):
@@ -92,6 +81,26 @@ class StreamGradients:
         target_total = tf.reduce_sum(target_sq)
         stream_part = tf.reduce_sum(tf.cast(mixing_weights, tf.float32) * dots)
         return stream_part + tf.cast(target_weight, tf.float32) * target_total, target_total
+
+
+class StreamProducts(StreamGradients):
+    """The products taken already, without the gradients (`gradient_memory="recompute"`):
+    `streams` and `target` are None.
+
+    Args:
+        products: (dots [S, V], target_sq [V], stream_sq [S, V]), global.
+        layer_ids: python list of V ints, the mixing layer (group) of each variable.
+        num_layers: L.
+    """
+
+    def __init__(self, products, layer_ids, num_layers: int):
+        super().__init__([], [], layer_ids, num_layers)
+        self.streams = self.target = None
+        self.variable_products = tuple(products)  # (the cached property, given)
+
+    @property
+    def num_streams(self) -> int:
+        return int(self.variable_products[0].shape[0])
 
 
 class StackedStreamGradients(StreamGradients):

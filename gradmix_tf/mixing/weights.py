@@ -20,7 +20,7 @@ Options (the normalisation and the scale are reconstructions of the paper):
   `num_streams` (pass S) makes the mixed gradient as large as joint training's.
 
 None of these functions touch Keras state or `tf.distribute`; they compile
-with XLA (`solve_mixing_weights_jit`).
+with XLA (`solve_layer_weights_jit`).
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ def layer_sums(per_variable, layer_ids, num_layers: int):
 
 
 def alignment_scores(dots, target_sq, stream_sq, alignment: str = "dot"):
-    """u[s, l] from layer-summed products: the dot product or the cosine."""
+    """u[s, l] from layer-summed products: the dot product or the cosine (`alignment`,
+    one of `ALIGNMENTS`, checked by `GradMixOptions`)."""
     if alignment == "dot":
         return dots
     if alignment == "cosine":
@@ -73,11 +74,12 @@ def alignment_scores(dots, target_sq, stream_sq, alignment: str = "dot"):
         # (it would shrink the cosine of small gradients). 0 where a norm is 0.
         norms = tf.sqrt(stream_sq) * tf.sqrt(target_sq)[None, :]
         return tf.clip_by_value(tf.math.divide_no_nan(dots, norms), -1.0, 1.0)
-    raise ValueError(f"alignment must be one of {ALIGNMENTS}, got {alignment!r}.")
+    raise AssertionError(alignment)
 
 
 def normalize_weights(raw, normalization: str = "per_layer", weight_total=1.0):
-    """w from w~ = max(u, 0), [S, L] -> [S, L]; zero columns stay zero."""
+    """w from w~ = max(u, 0), [S, L] -> [S, L]; zero columns stay zero (`normalization`,
+    one of `NORMALIZATIONS`, checked by `GradMixOptions`)."""
     clipped = tf.maximum(raw, 0.0)
     if normalization == "per_layer":
         total = tf.reduce_sum(clipped, axis=0, keepdims=True)
@@ -88,42 +90,34 @@ def normalize_weights(raw, normalization: str = "per_layer", weight_total=1.0):
         return weight_total * num_layers * tf.math.divide_no_nan(clipped, total)
     if normalization == "none":
         return clipped
-    raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
+    raise AssertionError(normalization)
 
 
-def solve_mixing_weights(
+def solve_layer_weights(
     dots,
     target_sq,
     stream_sq,
-    layer_ids,
-    num_layers: int,
     alignment: str = "dot",
     granularity: str = "layer",
     normalization: str = "per_layer",
     weight_total=1.0,
 ):
-    """The closed-form mixing weights from per-variable products.
+    """The closed-form mixing weights from the products summed per layer (`layer_sums`).
 
     Args:
-        dots: [S, V] <g_T,v, g_s,v>.
-        target_sq: [V] |g_T,v|^2.
-        stream_sq: [S, V] |g_s,v|^2.
-        layer_ids: [V] int32 layer of each variable.
-        num_layers: L.
+        dots: [S, L] <g_T,l, g_s,l>.
+        target_sq: [L] |g_T,l|^2.
+        stream_sq: [S, L] |g_s,l|^2.
 
     Returns:
         (weights [S, L], alignment [S, L]): the mixing weights and u.
     """
-    dots_l = layer_sums(dots, layer_ids, num_layers)  # [S, L]
-    target_l = layer_sums(target_sq, layer_ids, num_layers)  # [L]
-    stream_l = layer_sums(stream_sq, layer_ids, num_layers)  # [S, L]
+    num_layers = tf.shape(dots)[1]
     if granularity == "stream":
-        dots_l = tf.reduce_sum(dots_l, axis=1, keepdims=True)  # [S, 1]
-        target_l = tf.reduce_sum(target_l, keepdims=True)  # [1]
-        stream_l = tf.reduce_sum(stream_l, axis=1, keepdims=True)  # [S, 1]
-    elif granularity != "layer":
-        raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}.")
-    u = alignment_scores(dots_l, target_l, stream_l, alignment)
+        dots = tf.reduce_sum(dots, axis=1, keepdims=True)  # [S, 1]
+        target_sq = tf.reduce_sum(target_sq, keepdims=True)  # [1]
+        stream_sq = tf.reduce_sum(stream_sq, axis=1, keepdims=True)  # [S, 1]
+    u = alignment_scores(dots, target_sq, stream_sq, alignment)
     weights = normalize_weights(u, normalization, weight_total)
     if granularity == "stream":
         u = tf.tile(u, [1, num_layers])
@@ -131,8 +125,8 @@ def solve_mixing_weights(
     return weights, u
 
 
-solve_mixing_weights_jit = tf.function(
-    solve_mixing_weights,
+solve_layer_weights_jit = tf.function(
+    solve_layer_weights,
     jit_compile=True,
     reduce_retracing=True,
 )
@@ -179,26 +173,6 @@ def mix_stacked_gradients(stacked_grads, weights, target_weight=1.0, *, layer_id
         factors = tf.concat([layer_weights[:, v], [tf.cast(target_weight, tf.float32)]], 0)
         mixed.append(tf.tensordot(tf.cast(factors, stacked.dtype), stacked, axes=1))
     return mixed
-
-
-def layer_alignment(target_grads, stream_grads, layer_ids, num_layers: int, alignment="cosine"):
-    """u [S, L]: the alignment of each stream with the target on each layer.
-
-    Args:
-        target_grads: V gradients of the labelled target loss.
-        stream_grads: S lists of V gradients (zeros where a stream has none).
-        layer_ids: [V] int32 layer of each variable.
-        num_layers: L.
-        alignment: "dot" or "cosine" (`alignment_scores`).
-    """
-    dots, target_sq, stream_sq = per_variable_products(target_grads, stream_grads)
-    layer_ids = tf.constant(layer_ids, tf.int32)
-    return alignment_scores(
-        layer_sums(dots, layer_ids, num_layers),
-        layer_sums(target_sq, layer_ids, num_layers),
-        layer_sums(stream_sq, layer_ids, num_layers),
-        alignment,
-    )
 
 
 def persistent_step(weights, alignment, step_size: float, weight_max: float):

@@ -72,13 +72,29 @@ def _import_keras_hub(backbone: str):
         ) from None
 
 
-def check_backbone(backbone: str, weights: str = "none") -> None:
-    """Raises `ConfigError` when `backbone` or `weights` cannot be used (nothing is built).
+def check_backbone(
+    backbone: str,
+    weights: str = "none",
+    freeze_layers: int = 0,
+    image_size: int = 0,
+    batch_norm_momentum: float = 0.0,
+) -> None:
+    """Raises `ConfigError` when a `keras_backbone`'s options cannot be used (nothing is
+    built): the backbone, its weights, and the counts and momentum of `keras_backbone`.
 
     Args:
         backbone: a `keras.applications` model name, or "keras_hub:<preset>".
         weights: "none", "imagenet", or the path of a `.weights.h5` / `.h5` file.
     """
+    if freeze_layers < 0:
+        raise ConfigError(f"model.freeze_layers must be >= 0, got {freeze_layers}.")
+    if image_size < 0:
+        raise ConfigError(f"model.image_size must be >= 0 (0: no resize), got {image_size}.")
+    if not 0.0 <= batch_norm_momentum < 1.0:
+        raise ConfigError(
+            f"model.batch_norm_momentum must be in [0, 1) (0: the backbone's own), got "
+            f"{batch_norm_momentum}."
+        )
     if not isinstance(backbone, str) or not backbone:
         raise ConfigError(f"model.backbone must be a model name, got {backbone!r}.")
     if backbone.startswith(HUB_PREFIX):
@@ -170,9 +186,7 @@ def application_backbone(
             cannot be downloaded, an input smaller than the backbone takes, or options
             the constructor refuses.
     """
-    check_backbone(backbone, weights)
-    if freeze_layers < 0:
-        raise ConfigError(f"model.freeze_layers must be >= 0, got {freeze_layers}.")
+    check_backbone(backbone, weights, freeze_layers, 0, batch_norm_momentum)
     constructor = getattr(keras.applications, backbone)
     try:
         model = constructor(
@@ -194,11 +208,6 @@ def application_backbone(
             f"({' '.join(str(error).split())}): without network, put the no-top weights file "
             "in ~/.keras/models or pass its path as model.weights."
         ) from None
-    if not 0.0 <= batch_norm_momentum < 1.0:
-        raise ConfigError(
-            f"model.batch_norm_momentum must be in [0, 1) (0: the backbone's own), got "
-            f"{batch_norm_momentum}."
-        )
     if batch_norm_momentum:
         for layer in model.layers:
             if isinstance(layer, keras.layers.BatchNormalization):
@@ -289,14 +298,12 @@ def keras_backbone(
             f"the keras_backbone trunk takes images [H, W, C] with 1 or 3 channels, got "
             f"shape {input_shape}."
         )
-    if image_size < 0:
-        raise ConfigError(f"model.image_size must be >= 0 (0: no resize), got {image_size}.")
     images = keras.Input(input_shape, name="images")
     x = images
     if image_size:
         x = keras.layers.Resizing(image_size, image_size, name="resize")(x)
     if backbone.startswith(HUB_PREFIX):
-        check_backbone(backbone, weights)
+        check_backbone(backbone, weights, freeze_layers, image_size)
         encoder, converter = keras_hub_backbone(backbone[len(HUB_PREFIX) :], weights, freeze_layers)
         x = keras.layers.Rescaling(255.0, name="pixels")(x)
         x = encoder(converter(x))

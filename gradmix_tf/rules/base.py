@@ -3,23 +3,27 @@
 A mixing rule decides, at every step, how much of each stream's gradient goes
 into the mixed gradient (docs/algorithm.md, "Mixing rules"). `GradMixModel`
 makes its rule once from its options (`make_rule`) and calls it twice per
-step:
+step, with the step's `training.step_context.StepContext` (`step`: the network
+and each stream's gradients, the mixing layers, the optimizer's learning rate
+and step), never with the model:
 
-1. `prepare_streams(model, streams, target)`: optional; may reweight the
+1. `prepare_streams(step, streams, target)`: optional; may reweight the
    examples of the stream batches before their gradients are taken (example
    reweighting does);
-2. `mix(model, streams, target, gradients)`: the `Mix` of the step: the
+2. `mix(step, streams, target, gradients)`: the `Mix` of the step: the
    weights w [S, L] of the streams on the target's path and lambda_T, from
    the global (all-reduced) gradients (`mixing.stream_gradients.
    StreamGradients`: the gradients, and their products taken once).
 
-A rule whose weights persist across steps creates its state in `build(model)`
-(model weights, so checkpoints hold them), returns the new state in
-`Mix.state`, and stores it in `assign_state`, which the model calls with the
-optimizer step, so a skipped (non-finite) batch leaves it unchanged.
+A rule whose weights persist across steps creates its state in
+`build(add_weight, num_streams, num_layers)` (model weights made by `add_weight`,
+so checkpoints hold them), returns the new state in `Mix.state`, and stores it
+in `assign_state`, which the model calls with the optimizer step, so a skipped
+(non-finite) batch leaves it unchanged. A rule that reads the streams' gradients
+themselves, not only their products, says so (`reads_gradients`).
 
 The maths of a rule lives in `gradmix_tf.mixing` as pure tensor functions; a
-rule object only wires it to the model. To add a rule: a module in this
+rule object only wires it to the step. To add a rule: a module in this
 package with a `MixingRule` subclass decorated with `@register_rule("name")`,
 imported in `gradmix_tf/rules/__init__.py`, and a method in
 `gradmix_tf.experiment.METHODS` if the launchers should offer it.
@@ -95,35 +99,38 @@ class MixingRule:
     def __init__(self, options):
         self.options = options
 
-    def build(self, model):
-        """Creates the rule's state, if it has any, as non-trainable model weights
-        (so that checkpoints and replicas hold it); called by `GradMixModel.build`."""
-        del model
+    def build(self, add_weight, num_streams: int, num_layers: int):
+        """Creates the rule's state, if it has any, as non-trainable model weights made
+        by `add_weight` (Keras's `Layer.add_weight`, so that checkpoints and replicas hold
+        it), for S = `num_streams` streams and L = `num_layers` mixing layers; called by
+        `GradMixModel.build`."""
+        del add_weight, num_streams, num_layers
 
     def assign_state(self, state: tuple):
         """Stores `Mix.state` (called inside the step's update; default: no state)."""
         del state
 
-    def prepare_streams(self, model, streams: list[StreamBatch], target: StreamBatch):
+    def prepare_streams(self, step, streams: list[StreamBatch], target: StreamBatch):
         """The stream batches the gradients are taken on (default: as they are)."""
-        del model, target
+        del step, target
         return streams
 
-    def mix(self, model, streams, target, gradients) -> Mix:
+    def mix(self, step, streams, target, gradients) -> Mix:
         """The step's `Mix`: no stream, or the rule's `stream_mix`.
 
         Args:
-            model: the `GradMixModel` (its `num_mixing_layers`, `mixing_layer_ids`, ...).
+            step: the step's `StepContext` (`num_mixing_layers`, `mixing_layer_ids`,
+                `stream_gradients`, ...).
             streams: the S `StreamBatch`es of the step.
             target: the labelled target's `StreamBatch`.
             gradients: the S streams' and the target's global gradients on the
                 target's path (`mixing.stream_gradients.StreamGradients`).
         """
         if not streams:
-            return Mix(tf.zeros([0, model.num_mixing_layers]), self.options.target_weight)
-        return self.stream_mix(model, streams, target, gradients)
+            return Mix(tf.zeros([0, step.num_mixing_layers]), self.options.target_weight)
+        return self.stream_mix(step, streams, target, gradients)
 
-    def stream_mix(self, model, streams, target, gradients) -> Mix:
+    def stream_mix(self, step, streams, target, gradients) -> Mix:
         """`mix` for at least one stream."""
         raise NotImplementedError
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import tensorflow as tf
-
 from gradmix_tf.mixing import weights
 from gradmix_tf.rules.base import Mix, MixingRule, register_rule
 
@@ -16,18 +14,14 @@ class ClosedFormRule(MixingRule):
     `granularity`, `normalization` and `weight_total` are the reconstruction's
     choices (docs/algorithm.md)."""
 
-    def stream_mix(self, model, streams, target, gradients) -> Mix:
+    def stream_mix(self, step, streams, target, gradients) -> Mix:
         options = self.options
-        num_layers = model.num_mixing_layers
-        # The products per layer already ([S, L], [L], [S, L]): each layer its own "variable".
-        dots, target_sq, stream_sq = gradients.layer_products()
-        solve = weights.solve_mixing_weights_jit if options.jit_mixing_weights else None
-        mixing_weights, _ = (solve or weights.solve_mixing_weights)(
+        dots, target_sq, stream_sq = gradients.layer_products()  # [S, L], [L], [S, L]
+        solve = weights.solve_layer_weights_jit if options.jit_mixing_weights else None
+        mixing_weights, _ = (solve or weights.solve_layer_weights)(
             dots,
             target_sq,
             stream_sq,
-            tf.range(num_layers, dtype=tf.int32),
-            num_layers,
             alignment=options.alignment,
             granularity=options.granularity,
             normalization=options.normalization,

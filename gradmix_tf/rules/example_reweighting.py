@@ -23,7 +23,7 @@ class ExampleReweightingRule(MixingRule):
     (they sum to 1) its mixing weight. One device only.
     """
 
-    def prepare_streams(self, model, streams, target):
+    def prepare_streams(self, step, streams, target):
         if not streams:
             return streams
         if distribute.num_replicas() > 1:
@@ -32,15 +32,15 @@ class ExampleReweightingRule(MixingRule):
                 "mismatch across replicas under tf.distribute): train it with "
                 "train.distribute='none', or use another method under a strategy."
             )
-        _, target_grads, _ = model.stream_gradients(target)
+        _, target_grads, _ = step.stream_gradients(target)
         epsilons = [tf.zeros_like(s.labels, dtype=tf.float32) for s in streams]
         with tf.GradientTape() as outer:
             outer.watch(epsilons)
             with tf.GradientTape() as inner:
                 total = 0.0
                 for stream, eps in zip(streams, epsilons):
-                    total += tf.reduce_sum(eps * model.per_example_loss(stream))
-            grads = inner.gradient(total, model.path_variables)
+                    total += tf.reduce_sum(eps * step.network.per_example_loss(stream))
+            grads = inner.gradient(total, step.path_variables)
             alignment = tf.add_n(
                 [
                     tf.reduce_sum(tf.cast(g, tf.float32) * tf.cast(t, tf.float32))
@@ -70,7 +70,7 @@ class ExampleReweightingRule(MixingRule):
             for stream, w, total in zip(streams, example_weights, totals)
         ]
 
-    def stream_mix(self, model, streams, target, gradients) -> Mix:
+    def stream_mix(self, step, streams, target, gradients) -> Mix:
         totals = tf.stack([s.stream_weight for s in streams])
-        stream_weights = tf.tile(totals[:, None], [1, model.num_mixing_layers])
+        stream_weights = tf.tile(totals[:, None], [1, step.num_mixing_layers])
         return Mix(stream_weights, self.options.target_weight)

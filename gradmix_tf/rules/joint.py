@@ -11,6 +11,6 @@ from gradmix_tf.rules.base import Mix, MixingRule, register_rule
 class UniformRule(MixingRule):
     """w[s, l] = 1: the mixed gradient is the sum of the streams' and lambda_T g_T."""
 
-    def stream_mix(self, model, streams, target, gradients) -> Mix:
-        shape = [gradients.num_streams, model.num_mixing_layers]
+    def stream_mix(self, step, streams, target, gradients) -> Mix:
+        shape = [gradients.num_streams, step.num_mixing_layers]
         return Mix(tf.ones(shape), self.options.target_weight)

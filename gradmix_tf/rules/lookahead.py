@@ -19,18 +19,18 @@ class LookaheadRule(MixingRule):
 
     reads_gradients = True
 
-    def stream_mix(self, model, streams, target, gradients) -> Mix:
+    def stream_mix(self, step, streams, target, gradients) -> Mix:
         options = self.options
-        num_layers = model.num_mixing_layers
+        num_layers = step.num_mixing_layers
         step_size = options.lookahead_step_size
         if step_size is None:
-            step_size = model.optimizer.learning_rate
+            step_size = step.learning_rate
         init = tf.fill([gradients.num_streams, num_layers], options.lookahead_init)
         u, _ = lookahead.lookahead_alignment(
-            model.stateless_target_loss(target),
-            [v.value for v in model.path_variables],
+            step.network.stateless_target_loss(target),
+            [v.value for v in step.path_variables],
             gradients.streams,
-            model.mixing_layer_ids,
+            step.mixing_layer_ids,
             init,
             step_size,
         )

@@ -16,9 +16,9 @@ class PCGradRule(MixingRule):
 
     reads_gradients = True
 
-    def stream_mix(self, model, streams, target, gradients) -> Mix:
+    def stream_mix(self, step, streams, target, gradients) -> Mix:
         target_weight = self.options.target_weight
         tasks = gradients.streams + [[target_weight * g for g in gradients.target]]
         coefficients = baselines.pcgrad_coefficients(baselines.gram_matrix(tasks))
-        stream_weights = tf.tile(coefficients[:-1, None], [1, model.num_mixing_layers])
+        stream_weights = tf.tile(coefficients[:-1, None], [1, step.num_mixing_layers])
         return Mix(stream_weights, target_weight * coefficients[-1])

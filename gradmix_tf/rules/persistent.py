@@ -24,16 +24,16 @@ class PersistentRule(MixingRule):
     projected step along the alignment.
     """
 
-    def build(self, model):
-        self.weights = model.add_weight(
-            shape=(len(model.stream_names), model.num_mixing_layers),
+    def build(self, add_weight, num_streams, num_layers):
+        self.weights = add_weight(
+            shape=(num_streams, num_layers),
             initializer=keras.initializers.Constant(self.options.persistent_init),
             trainable=False,
             aggregation="only_first_replica",
             name="persistent_mixing_weights",
         )
 
-    def stream_mix(self, model, streams, target, gradients) -> Mix:
+    def stream_mix(self, step, streams, target, gradients) -> Mix:
         options = self.options
         dots, target_sq, stream_sq = gradients.layer_products()  # [S, L], [L], [S, L]
         u = weights.alignment_scores(dots, target_sq, stream_sq, options.alignment)

@@ -12,12 +12,12 @@ class PretrainFinetuneRule(MixingRule):
     lambda_T 0); the later steps on the labelled target only (weights 0,
     lambda_T as set), while the source heads rest."""
 
-    def mix(self, model, streams, target, gradients) -> Mix:
+    def mix(self, step, streams, target, gradients) -> Mix:
         stream_weights, target_factor = baselines.pretrain_finetune_weights(
-            model.optimizer.iterations,
+            step.iterations,
             self.options.pretrain_steps,
             gradients.num_streams,
-            model.num_mixing_layers,
+            step.num_mixing_layers,
         )
         return Mix(
             stream_weights,

@@ -58,20 +58,6 @@ def relabel(labels, relation: str) -> np.ndarray:
     return noisy
 
 
-def true_relation(relation: str) -> np.ndarray:
-    """[10, 10] the expected relation M[i, j] = P(label j | digit i) of `relation`."""
-    eye = np.eye(NUM_CLASSES)
-    if relation == "correct":
-        return eye
-    if relation == "reordered":
-        return eye[list(REORDERING)]
-    if relation == "half_random":
-        return (1 - SYMMETRIC_NOISE) * eye + SYMMETRIC_NOISE / NUM_CLASSES
-    if relation == "pair_flips":
-        return (1 - PAIR_FLIP_RATE) * eye + PAIR_FLIP_RATE * np.roll(eye, 1, axis=1)
-    raise DataError(f"unknown label relation {relation!r}; known: {RELATIONS}.")
-
-
 def usps_label_space_source(
     relation: str,
     image_shape=(32, 32, 3),

@@ -15,6 +15,7 @@ from gradmix_tf.networks.label_adapter import LabelAdapter, matched_classes
 from gradmix_tf.rules import StreamBatch, make_rule
 from gradmix_tf.training.learning_rate import with_adaptive_learning_rate
 from gradmix_tf.training.options import GradMixOptions
+from gradmix_tf.training.step_context import StepContext, StreamNetwork
 from gradmix_tf.training.step_guard import StepGuard
 from gradmix_tf.training.stream_passes import make_stream_passes
 
@@ -24,13 +25,6 @@ PSEUDO_LABEL_STREAM = "pseudo_labels"
 def _layer_key(variable) -> str:
     """The layer owning a variable: its path without the variable's own name."""
     return variable.path.rsplit("/", 1)[0]
-
-
-def cross_entropy(labels, logits):
-    """[B] per-example sparse cross-entropy of logits (computed in float32)."""
-    return keras.losses.sparse_categorical_crossentropy(
-        labels, keras.ops.cast(logits, "float32"), from_logits=True
-    )
 
 
 @keras.saving.register_keras_serializable(package="gradmix_tf")
@@ -117,8 +111,7 @@ class GradMixModel(keras.Model):
         if self.num_unlabelled < 0:
             raise ValueError(f"num_unlabelled must be >= 0, got {self.num_unlabelled}.")
         self.rule = make_rule(self.options)
-        self.stream_passes = make_stream_passes(self)
-        self.guard = StepGuard(self)
+        self.stream_passes = make_stream_passes(self.options.gradient_memory)
         self._make_heads()
         self._make_state()
         self.test_loss = keras.metrics.Mean(name="loss")
@@ -213,8 +206,9 @@ class GradMixModel(keras.Model):
         self.rho_steps = state("rho_steps")
         self.learning_rate_ratio = state("learning_rate_ratio", initializer="ones")
         self.nonfinite_skipped = state("nonfinite_skipped", dtype="int64")
+        # 1 once the label adapters are in use (at once, or after the estimate's warm-up).
+        self.label_adapters_active = None
         if self.label_adapters:
-            # 1 once the adapters are in use (at once, or after the estimate's warm-up).
             warmup = self.options.adapter_start == "estimate"
             self.label_adapters_active = state(
                 "label_adapters_active", initializer="zeros" if warmup else "ones"
@@ -236,11 +230,12 @@ class GradMixModel(keras.Model):
             head.build(features)
         for adapter in self.label_adapters:
             adapter.build()
+        self.network = StreamNetwork(
+            self.trunk, self.heads, self.label_adapters, self.label_adapters_active
+        )
         # The target's path: trunk + h_T; one mixing layer (or group) per owning layer
         # (or block of layers, `options.layer_groups`).
-        self.path_variables = list(self.trunk.trainable_variables) + list(
-            self.heads[0].trainable_variables
-        )
+        self.path_variables = self.network.path_variables
         self.mixing_layer_names, self.mixing_layer_ids = groups.mixing_groups(
             [_layer_key(v) for v in self.path_variables], self.options.layer_groups
         )
@@ -251,7 +246,7 @@ class GradMixModel(keras.Model):
             aggregation="only_first_replica",
             name="mixing_weights",
         )
-        self.rule.build(self)
+        self.rule.build(self.add_weight, len(self.stream_names), self.num_mixing_layers)
         self.built = True
         self._build_optimizer()
 
@@ -289,40 +284,54 @@ class GradMixModel(keras.Model):
 
     # ------------------------------------------------------------- train step
     def train_step(self, data):
+        step = self._step_context()
         # 1. One mini-batch per stream (the K sources, then P) and B_T; the rule may
         #    reweight their examples.
         streams, target = self._stream_batches(data)
-        streams = self.rule.prepare_streams(self, streams, target)
+        streams = self.rule.prepare_streams(step, streams, target)
         # 2-3. Stream gradients g_s [S][V] on the target's path (and on each stream's own
         #    head), the target gradient g_T [V] on B_T. The rule, the checks and rho see
         #    them global (all-reduced), their products taken once; `gradient_memory`
         #    keeps them for step 5 or takes them again there.
-        step = self.stream_passes.run(streams, target)
-        head_grads = step.head_grads
+        passes = self.stream_passes.run(step, streams, target)
+        head_grads = passes.head_grads
         # The streams (then the target) with a NaN/Inf loss or gradient [S + 1]: if
         # any, step 7 stops or skips, and nothing below changes any state.
-        nonfinite = self.guard.nonfinite_streams(
-            [*step.losses, step.target_loss], step.gradients.squared_norms(), head_grads
+        nonfinite = step.guard.nonfinite_streams(
+            [*passes.losses, passes.target_loss], passes.gradients.squared_norms(), head_grads
         )
         # 4. Layer-wise mixing weights w [S, L] and lambda_T from the mixing rule.
-        mix = self.rule.mix(self, streams, target, step.gradients)
+        mix = self.rule.mix(step, streams, target, passes.gradients)
         # 5. Mixed gradient G [V] on the target's path; source heads keep their own.
-        mixed = step.mix(mix.weights, mix.target_weight)
+        mixed = passes.mix(mix.weights, mix.target_weight)
         if mix.source_head_scale is not None:
             head_grads = [[g * mix.source_head_scale for g in own] for own in head_grads]
         # 6. Adaptive learning rate: rho_t = max(cos(G, g_T), 0) (r_t is set in `_update`),
         #    <G, g_T> from the products.
         rho = adaptive_lr.batch_importance_from_products(
             distribute.all_reduce_sum(mixed),
-            *step.gradients.mixed_target_product(mix.weights, mix.target_weight),
+            *passes.gradients.mixed_target_product(mix.weights, mix.target_weight),
         )
         # 7. One optimizer step over every trainable variable (with r_t and w), unless
         #    a stream is not finite.
         grads, variables = self._with_source_heads(mixed, head_grads)
-        self.guard.update_if_finite(
-            nonfinite, self._update, (grads, variables, mix.weights, rho, mix.state), grads
+        step.guard.update_if_finite(
+            nonfinite,
+            self._update,
+            (step.guard, grads, variables, mix.weights, rho, mix.state),
+            grads,
         )
-        return self._train_logs(step.target_loss, step.losses, mix.weights, rho)
+        return self._train_logs(step.guard, passes.target_loss, passes.losses, mix.weights, rho)
+
+    def _step_context(self) -> StepContext:
+        """What the step's helpers read (`training.step_context`), made as the step is traced."""
+        guard = StepGuard(
+            self.optimizer,
+            self.nonfinite_skipped,
+            self.stream_names,
+            skips_nonfinite=self.options.on_nonfinite == "skip" or bool(self.jit_compile),
+        )
+        return StepContext(self.network, guard, self.mixing_layer_ids, self.num_mixing_layers)
 
     def _stream_batches(self, data):
         """The step's source (and pseudo-labelled) batches, and the labelled target's."""
@@ -345,113 +354,20 @@ class GradMixModel(keras.Model):
         example_weights = confidence if use_confidence else accepted
         return StreamBatch(x, labels, 0, example_weights, accepted)
 
-    def per_example_loss(self, batch: StreamBatch):
-        """[B] the cross-entropy of each example in its stream's head (training mode); a
-        stream with a label adapter predicts through h_T and the adapter (while the adapters
-        are not active yet, through its own head)."""
-        return self.head_loss(batch, self.trunk(batch.x, training=True))
-
-    def head_loss(self, batch: StreamBatch, features):
-        """[B] `per_example_loss` from the trunk's features of the batch."""
-        if batch.adapter is None:
-            return cross_entropy(batch.labels, self.heads[batch.head](features, training=True))
-        target_logits = self.heads[0](features, training=True)
-        through_target = self.label_adapters[batch.adapter].loss(batch.labels, target_logits)
-        if not batch.head:
-            return through_target
-        own = cross_entropy(batch.labels, self.heads[batch.head](features, training=True))
-        active = self.label_adapters_active.value
-        return active * through_target + (1.0 - active) * own
-
-    def own_variables(self, head: int, adapter: int | None) -> list:
-        """The trainable variables only a stream's own loss trains: its head `head` (unless
-        h_T) and its label adapter `adapter`."""
-        own = list(self.heads[head].trainable_variables) if head else []
-        if adapter is not None:
-            own += self.label_adapters[adapter].trainable_variables
-        return own
-
-    def layer_states(self, head: int):
-        """(trunk, head) non-trainable values as they are now (batch-norm statistics, random
-        seeds; read, not the variables, which later passes change)."""
-        return (
-            [tf.identity(v.value) for v in self.trunk.non_trainable_variables],
-            [tf.identity(v.value) for v in self.heads[head].non_trainable_variables],
-        )
-
-    def _restore_layer_states(self, head: int, state):
-        trunk_state, head_state = state
-        variables = self.trunk.non_trainable_variables + self.heads[head].non_trainable_variables
-        for variable, value in zip(variables, [*trunk_state, *head_state]):
-            variable.assign(value)
-
-    def stream_gradients(self, batch: StreamBatch, state=None):
-        """(loss, gradients on the target's path [V], on the stream's own head).
-
-        The loss is the global-batch mean (times the replicas, for logs);
-        gradients are float32 and zeros where the stream has none (never None).
-        With `state` (`layer_states`, read before an earlier pass on the same batch), the
-        trunk and head start from it: the pass repeats that one (its batch statistics,
-        dropout masks and state updates).
-        """
-        if state is not None:
-            self._restore_layer_states(batch.head, state)
-        own_variables = self.own_variables(batch.head, batch.adapter)
-        with tf.GradientTape() as tape:
-            loss = self.scaled_mean(self.per_example_loss(batch), batch)
-            scaled_loss = self.guard.scale_loss(loss)
-        variables = self.path_variables + own_variables
-        grads = tape.gradient(scaled_loss, variables)
-        # A stream with its own head has no gradient on h_T: zeros, not None; an
-        # embedding's sparse gradient dense, as the products and the mix read it.
-        grads = [
-            tf.zeros_like(v) if g is None else tf.convert_to_tensor(g)
-            for g, v in zip(grads, variables)
-        ]
-        grads = self.guard.unscale(grads)
-        num_path = len(self.path_variables)
-        return loss * distribute.num_replicas(), grads[:num_path], grads[num_path:]
-
-    def stateless_target_loss(self, target: StreamBatch):
-        """The labelled target loss as a function of the target path's values (for a
-        look-ahead, through `stateless_call`)."""
-        num_trunk = len(self.trunk.trainable_variables)
-        trunk_state = [v.value for v in self.trunk.non_trainable_variables]
-        head_state = [v.value for v in self.heads[0].non_trainable_variables]
-
-        def target_loss(params):
-            features, _ = self.trunk.stateless_call(
-                params[:num_trunk], trunk_state, target.x, training=True
-            )
-            logits, _ = self.heads[0].stateless_call(params[num_trunk:], head_state, features)
-            return self.scaled_mean(cross_entropy(target.labels, logits), target)
-
-        return target_loss
-
-    def scaled_mean(self, per_example, batch: StreamBatch):
-        """The (weighted) mean over the GLOBAL batch, so replicas' gradients sum to it."""
-        if batch.example_weights is None:
-            count = tf.cast(tf.shape(per_example)[0], tf.float32) * distribute.num_replicas()
-            return tf.reduce_sum(per_example) / count
-        if batch.accepted is None:  # weights that sum to 1 over the global batch
-            return tf.reduce_sum(tf.stop_gradient(batch.example_weights) * per_example)
-        count = tf.maximum(distribute.all_reduce_sum([tf.reduce_sum(batch.accepted)])[0], 1.0)
-        return tf.reduce_sum(batch.example_weights * per_example) / count
-
     def _with_source_heads(self, mixed, head_grads):
         """Appends each source head's (and label adapter's) plain gradient, summed over the
         streams that train it."""
         grads, variables = list(mixed), list(self.path_variables)
         own = {}  # variable id -> (variable, [gradients]), in stream order
         for stream_grads, head, adapter in zip(head_grads, self.stream_heads, self.stream_adapters):
-            for variable, grad in zip(self.own_variables(head, adapter), stream_grads):
+            for variable, grad in zip(self.network.own_variables(head, adapter), stream_grads):
                 own.setdefault(id(variable), (variable, []))[1].append(grad)
         for variable, parts in own.values():
             grads.append(tf.add_n(parts))
             variables.append(variable)
         return grads, variables
 
-    def _update(self, grads, variables, mixing_weights, rho, rule_state=()):
+    def _update(self, guard, grads, variables, mixing_weights, rho, rule_state=()):
         """Every state change of a step: r_t from rho_t (step 6), the optimizer step (7), w
         and the rule's state."""
         if self.options.adaptive_learning_rate:
@@ -467,12 +383,12 @@ class GradMixModel(keras.Model):
             )
         # All made in this branch of the `tf.cond`: the optimizer's all-reduce fails
         # on a mix of outer tensors and branch tensors (a head shared by two sources).
-        grads = self.guard.rescale([tf.identity(g) for g in grads])
+        grads = guard.rescale([tf.identity(g) for g in grads])
         self.optimizer.apply(grads, variables)
         self.mixing_weights.assign(mixing_weights)
         self.rule.assign_state(rule_state)
 
-    def _train_logs(self, target_loss, losses, mixing_weights, rho):
+    def _train_logs(self, guard, target_loss, losses, mixing_weights, rho):
         logs = {"loss": target_loss, "loss/target": target_loss}
         mean_weights = tf.reduce_mean(mixing_weights, axis=1)  # [S]
         for s, name in enumerate(self.stream_names):
@@ -480,7 +396,7 @@ class GradMixModel(keras.Model):
             logs[f"mixing_weight/{name}"] = mean_weights[s]
         logs["rho"] = rho
         logs["learning_rate_ratio"] = self.learning_rate_ratio.value
-        if self.guard.skips_nonfinite():
+        if guard.skips_nonfinite:
             logs["nonfinite_skipped"] = self.nonfinite_skipped.value
         if self.num_unlabelled:
             logs["pseudo_labels/acceptance"] = self.pseudo_label_acceptance.value

@@ -39,6 +39,7 @@ from gradmix_tf.training.layer_gradients import (
     VectorJacobianRule,
     rule_for,
 )
+from gradmix_tf.training.step_context import scaled_mean
 
 _RECORDING = threading.local()
 _INSTALL_LOCK = threading.Lock()
@@ -122,24 +123,26 @@ class Plan:
     unsupported: str | None = None
 
 
-def make_plan(model) -> Plan:
-    """The owners of the target path's and the heads' variables, and their rules."""
+def make_plan(network) -> Plan:
+    """The owners of the target path's and the heads' variables, and their rules
+    (`network`: a `StreamNetwork`)."""
     owners = {}
-    for root in [model.trunk, *model.heads]:
+    for root in [network.trunk, *network.heads]:
         for layer in root._flatten_layers(include_self=True, recursive=True):
             if layer.trainable:
                 for variable in layer._trainable_variables:
                     owners.setdefault(id(variable), layer)
-    heads = [v for head in model.heads[1:] for v in head.trainable_variables]
-    missing = [v.path for v in model.path_variables + heads if id(v) not in owners]
+    heads = [v for head in network.heads[1:] for v in head.trainable_variables]
+    missing = [v.path for v in network.path_variables + heads if id(v) not in owners]
     if missing:
         return Plan(unsupported=f"no layer owns {missing[:3]} directly")
-    layers = list({id(owners[id(v)]): owners[id(v)] for v in model.path_variables + heads}.values())
+    path = network.path_variables
+    layers = list({id(owners[id(v)]): owners[id(v)] for v in path + heads}.values())
     rules = {id(layer): rule_for(layer) for layer in layers}
     generic = tuple(
         layer.name for layer in layers if isinstance(rules[id(layer)], VectorJacobianRule)
     )
-    path_owners = {id(v): id(owners[id(v)]) for v in model.path_variables}
+    path_owners = {id(v): id(owners[id(v)]) for v in path}
     return Plan(tuple(layers), rules, path_owners, generic)
 
 
@@ -163,16 +166,16 @@ class JointPass:
     """The per-stream gradients of a step from one recorded pass over the joint batch.
 
     Args:
-        model: the `GradMixModel`.
+        network: the `StreamNetwork` (trunk, heads, label adapters).
     """
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, network):
+        self.network = network
         self._plan = None
 
     def plan(self) -> Plan:
         if self._plan is None:
-            self._plan = make_plan(self.model)
+            self._plan = make_plan(self.network)
             if self._plan.unsupported:
                 logging.warning(_FALLBACK, self._plan.unsupported)
             elif self._plan.generic:
@@ -184,17 +187,18 @@ class JointPass:
                 )
         return self._plan
 
-    def gradients(self, batches) -> Gradients | None:
+    def gradients(self, batches, guard) -> Gradients | None:
         """Losses and gradients of `batches` (the streams', then the target's), or None
-        when this pass cannot be recorded (logged; the caller takes one pass a stream)."""
+        when this pass cannot be recorded (logged; the caller takes one pass a stream).
+        `guard`: the step's `StepGuard` (loss scaling)."""
         plan = self.plan()
         unrecordable = plan.unsupported or _unlike_inputs(batches)
         if unrecordable is None:
             try:
                 with tf.GradientTape(persistent=bool(plan.generic)) as tape:
                     per_example, calls = self._forward(plan, batches, tape)
-                    losses = [self.model.scaled_mean(p, b) for p, b in zip(per_example, batches)]
-                    scaled_loss = self.model.guard.scale_loss(tf.add_n(losses))
+                    losses = [scaled_mean(p, b) for p, b in zip(per_example, batches)]
+                    scaled_loss = guard.scale_loss(tf.add_n(losses))
                 unrecordable = self._uncalled(plan, calls)
             except UnsupportedCall as error:
                 unrecordable = str(error)
@@ -202,7 +206,7 @@ class JointPass:
             if not plan.unsupported:  # (said once, by `plan`)
                 logging.warning(_FALLBACK, unrecordable)
             return None
-        adapters = [v for a in self.model.label_adapters for v in a.trainable_variables]
+        adapters = [v for a in self.network.label_adapters for v in a.trainable_variables]
         output_grads = tape.gradient(
             scaled_loss,
             [call.probe for call in calls] + adapters,
@@ -211,32 +215,32 @@ class JointPass:
         adapter_grads = dict(zip(map(id, adapters), output_grads[len(calls) :]))
         whole, parts = _by_batch(calls, output_grads, len(batches))
         del tape
-        return self._assemble(batches, losses, whole, parts, adapter_grads)
+        return self._assemble(batches, losses, whole, parts, adapter_grads, guard)
 
     def _uncalled(self, plan, calls) -> str | None:
         """What is wrong when a recorded pass did not call the owner of a path variable."""
         called = {id(call.layer) for call in calls}
-        paths = [v.path for v in self.model.path_variables if plan.owners[id(v)] not in called]
+        paths = [v.path for v in self.network.path_variables if plan.owners[id(v)] not in called]
         return f"the pass did not call the layers of {paths[:3]}" if paths else None
 
     def _forward(self, plan, batches, tape):
         """[B] per-example losses of each batch, and the recorded layer calls."""
-        model = self.model
+        network = self.network
         sizes = tuple(b.x.shape[0] or tf.shape(b.x)[0] for b in batches)  # static if known
         with recording(plan.layers, plan.rules, tape) as recorder:
             recorder.segments, recorder.sizes = tuple(range(len(batches))), sizes
-            features = model.trunk(tf.concat([b.x for b in batches], axis=0), training=True)
+            features = network.trunk(tf.concat([b.x for b in batches], axis=0), training=True)
             parts = tf.split(features, tf.stack(sizes), num=len(batches))
             per_example = []
             for i, (batch, part) in enumerate(zip(batches, parts)):
                 recorder.segments, recorder.sizes = (i,), (sizes[i],)
-                per_example.append(model.head_loss(batch, part))
+                per_example.append(network.head_loss(batch, part))
         return per_example, recorder.calls
 
-    def _assemble(self, batches, losses, whole, parts, adapter_grads) -> Gradients:
-        """The gradients as `GradMixModel.stream_gradients` gives them (float32, unscaled,
+    def _assemble(self, batches, losses, whole, parts, adapter_grads, guard) -> Gradients:
+        """The gradients as `StepContext.stream_gradients` gives them (float32, unscaled,
         zeros where a batch has none), those of the target's path stacked."""
-        model, guard = self.model, self.model.guard
+        network = self.network
 
         def batch_grad(variable, batch):
             grads = parts.get(id(variable), {}).get(batch)
@@ -250,10 +254,10 @@ class JointPass:
                 totals.append(tf.stack([batch_grad(variable, b) for b in range(len(batches))]))
             return tf.reshape(tf.add_n(totals), [len(batches), *variable.shape])
 
-        path_grads = guard.unscale([stacked(v) for v in model.path_variables])
+        path_grads = guard.unscale([stacked(v) for v in network.path_variables])
         own_grads = []
         for b, batch in enumerate(batches):
-            own = model.own_variables(batch.head, batch.adapter)
+            own = network.own_variables(batch.head, batch.adapter)
             own_grads.append(
                 guard.unscale(
                     [

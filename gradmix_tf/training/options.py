@@ -9,6 +9,7 @@ arguments), and its `get_config` / `from_config` are derived from the fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from gradmix_tf.errors import ConfigError
 from gradmix_tf.mixing import groups, weights
@@ -17,6 +18,19 @@ from gradmix_tf.rules import RULES
 from gradmix_tf.training.step_guard import ON_NONFINITE
 from gradmix_tf.training.stream_passes import GRADIENT_MEMORY
 
+BOOLEANS = (
+    "share_target_head",
+    "label_adapter",
+    "adaptive_learning_rate",
+    "pseudo_label_confidence_weights",
+    "jit_mixing_weights",
+)
+CONFIG_FIELDS = {
+    "on_nonfinite": "train.on_nonfinite",
+    "pseudo_label_confidence_weights": "pseudo_labels.confidence_weights",
+}
+"""The config fields of the options that are not in `config.step`."""
+
 
 @dataclasses.dataclass(frozen=True)
 class GradMixOptions:
@@ -24,16 +38,9 @@ class GradMixOptions:
     as reconstructed there.
 
     Attributes:
-        rule: the mixing rule, a name in `gradmix_tf.rules.RULES`:
-            "persistent" (weights kept across steps, moved along the
-            alignment: the configs' default), "closed_form" (one
-            meta-gradient step from w = 0: the paper's rule as reconstructed),
-            "lookahead" (the exact meta-gradient through a real look-ahead
-            step from `lookahead_init`, with `stateless_call`); or a baseline:
-            "uniform" (every stream weight 1: joint training),
-            "pretrain_finetune" (sources only for `pretrain_steps` steps, then
-            the labelled target only), "example_reweighting" (Ren et al.
-            2018), "pcgrad" (Yu et al. 2020).
+        rule: the mixing rule, a name in `gradmix_tf.rules.RULES` (the table of rules
+            is in `gradmix_tf/rules/__init__.py`; "closed_form" is the paper's rule as
+            reconstructed, "persistent" the configs' default).
         alignment: "dot" (the meta-gradient <g_T,l, g_s,l>) or "cosine"
             (scale-free; not with "lookahead"). Reconstruction option.
         granularity: "layer" (w per stream and layer) or "stream" (one global
@@ -96,25 +103,11 @@ class GradMixOptions:
             rule="persistent", the weights' start (1: joint training), the
             step along the alignment each step, and their ceiling.
         jit_mixing_weights: solve the mixing weights with the XLA-compiled
-            `weights.solve_mixing_weights_jit` (pure tensors in and out, so
+            `weights.solve_layer_weights_jit` (pure tensors in and out, so
             it also runs under tf.distribute; the all-reduce stays outside).
-        gradient_memory: "store" (every stream's gradient kept for the mix:
-            K + 2 gradient copies of the target's path, the fastest) or
-            "recompute" (each stream's gradient taken twice, one at a time:
-            at most three copies, for one more forward/backward pass a
-            stream); `training.stream_passes`. "recompute" serves every
-            rule but "pcgrad" and the look-ahead solver. "one_pass": every
-            stream's gradient from one forward and one backward pass over the
-            streams' batches concatenated, each layer's weight gradient split
-            by stream (`training.one_pass`, `training.layer_gradients`: Dense,
-            Conv1D/2D/3D, DepthwiseConv2D, BatchNormalization's and
-            LayerNormalization's scale and offset, Embedding by formula, any
-            other layer by a vector-Jacobian product of that layer a stream;
-            a model it cannot record takes one pass a stream, logged). The
-            same step as "store" wherever no layer mixes a batch's rows;
-            batch normalisation in training mode normalises over the joint
-            batch, as joint training does. K + 2 gradient copies, as "store";
-            every rule.
+        gradient_memory: how a step holds its streams' gradients between steps 2-3
+            and 5: "store", "recompute" or "one_pass" (`training.stream_passes`, where
+            each is explained; docs/algorithm.md has their cost).
     """
 
     rule: str = "closed_form"
@@ -154,8 +147,12 @@ class GradMixOptions:
         def choice(field, allowed):
             value = getattr(self, field)
             if value not in allowed:
-                raise ConfigError(f"{field} must be one of {tuple(allowed)}, got {value!r}.")
+                known = ", ".join(map(repr, allowed))
+                raise ConfigError(f"{field} must be one of {known}; got {value!r}.")
 
+        for field in BOOLEANS:
+            if not isinstance(getattr(self, field), bool):
+                raise ConfigError(f"{field} must be True or False, got {getattr(self, field)!r}.")
         choice("rule", RULES)
         choice("alignment", weights.ALIGNMENTS)
         choice("granularity", weights.GRANULARITIES)
@@ -188,6 +185,8 @@ class GradMixOptions:
             raise ConfigError(
                 f"weight_total must be a positive number or 'num_streams', got {total!r}."
             )
+        if not (isinstance(self.target_weight, int | float) and 0 <= self.target_weight < math.inf):
+            raise ConfigError(f"target_weight must be a number >= 0, got {self.target_weight!r}.")
         if not 0.0 <= self.rho_decay < 1.0:
             raise ConfigError(f"rho_decay must be in [0, 1), got {self.rho_decay}.")
         if self.rule == "pretrain_finetune" and self.pretrain_steps <= 0:
@@ -252,6 +251,8 @@ class GradMixOptions:
         """
         mix = dict(config.step)
         fraction = mix.pop("pretrain_fraction", 0.5)
+        if not (isinstance(fraction, int | float) and 0.0 <= fraction <= 1.0):
+            raise ConfigError(f"step.pretrain_fraction must be in [0, 1], got {fraction!r}.")
         unknown = set(mix) - set(cls.field_names())
         if unknown:
             raise ConfigError(f"config.step: unknown gradmix option(s) {sorted(unknown)}.")
@@ -264,6 +265,9 @@ class GradMixOptions:
                 on_nonfinite=config.train.on_nonfinite,
             )
         except ConfigError as error:  # say where the option comes from
+            field, _, rest = str(error).partition(" ")
+            if field in cls.field_names():  # "field must be ...": the config's field
+                raise ConfigError(f"{CONFIG_FIELDS.get(field, 'step.' + field)} {rest}") from None
             raise ConfigError(f"config.step: {error}") from None
 
     def to_dict(self) -> dict:

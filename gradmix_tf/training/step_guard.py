@@ -30,20 +30,27 @@ ON_NONFINITE = ("stop", "skip")
 
 
 class StepGuard:
-    """Non-finite checks and loss scaling for one model's training step.
+    """Non-finite checks and loss scaling for a training step.
 
     Args:
-        model: the `GradMixModel` (its `optimizer`, `nonfinite_skipped`,
-            `stream_names`, `jit_compile` and `options.on_nonfinite`).
+        optimizer: the optimizer the step applies (a `LossScaleOptimizer` under
+            `mixed_float16`), or None before compiling (no loss scaling).
+        skipped: the int64 variable counting the skipped batches.
+        stream_names: the S stream names, for the stop's message.
+        skips_nonfinite: skip a non-finite batch (`on_nonfinite="skip"`, or a
+            jit-compiled step, where asserts are dropped); else stop.
     """
 
-    def __init__(self, model):
-        self.model = model
+    def __init__(self, optimizer, skipped, stream_names, skips_nonfinite: bool):
+        self.optimizer = optimizer
+        self.skipped = skipped
+        self.stream_names = tuple(stream_names)
+        self.skips_nonfinite = bool(skips_nonfinite)
 
     # ---------------------------------------------------------- loss scaling
     def loss_scale_optimizer(self) -> keras.optimizers.LossScaleOptimizer | None:
         """The `LossScaleOptimizer` (`mixed_float16`), or None."""
-        optimizer = getattr(self.model, "optimizer", None)
+        optimizer = self.optimizer
         return optimizer if isinstance(optimizer, keras.optimizers.LossScaleOptimizer) else None
 
     def scale_loss(self, loss):
@@ -136,25 +143,20 @@ class StepGuard:
         optimizer = self.loss_scale_optimizer()
         optimizer.step_counter.assign(0)
         optimizer.dynamic_scale.assign(optimizer.dynamic_scale * 0.5)
-        self.model.nonfinite_skipped.assign_add(1)
-
-    def skips_nonfinite(self) -> bool:
-        """Whether a non-finite batch is skipped (else the run stops)."""
-        return self.model.options.on_nonfinite == "skip" or bool(self.model.jit_compile)
+        self.skipped.assign_add(1)
 
     def _on_nonfinite(self, nonfinite):
         """Counts a skipped batch, or stops the run saying where and what to do."""
-        model = self.model
-        if self.skips_nonfinite():
-            model.nonfinite_skipped.assign_add(1)
+        if self.skips_nonfinite:
+            self.skipped.assign_add(1)
             return
-        streams = tf.boolean_mask(tf.constant(model.stream_names + ("target",)), nonfinite)
+        streams = tf.boolean_mask(tf.constant(self.stream_names + ("target",)), nonfinite)
         message = tf.strings.join(
             [
                 "Non-finite (NaN or Inf) loss or gradient in stream(s) ",
                 tf.strings.reduce_join(streams, separator=", "),
                 " at training step ",
-                tf.strings.as_string(model.optimizer.iterations + 1),
+                tf.strings.as_string(self.optimizer.iterations + 1),
                 " (1-based: optimizer.iterations + 1); nothing was updated. Lower the "
                 "learning rate, check the data of that stream for NaN/Inf values, or "
                 "build GradMixModel with on_nonfinite=skip to skip such batches.",

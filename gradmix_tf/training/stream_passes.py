@@ -14,7 +14,7 @@ are held between the two is `GradMixOptions.gradient_memory`:
   state the first passes left) and adds it to the mixed gradient at once. At most three copies are held
   (g_T, G and one stream's gradient), whatever K, for about one more
   forward/backward pass a source stream. It serves the rules that read only
-  the products (every rule but "pcgrad" and the look-ahead solver, which read
+  the products (every rule but "pcgrad" and "lookahead", which read
   the gradients themselves).
 
 - "one_pass": one forward and one backward pass over the streams' batches
@@ -38,7 +38,11 @@ import tensorflow as tf
 
 from gradmix_tf import distribute
 from gradmix_tf.mixing import weights
-from gradmix_tf.mixing.stream_gradients import StackedStreamGradients, StreamGradients
+from gradmix_tf.mixing.stream_gradients import (
+    StackedStreamGradients,
+    StreamGradients,
+    StreamProducts,
+)
 from gradmix_tf.training.one_pass import JointPass
 
 GRADIENT_MEMORY = ("store", "recompute", "one_pass")
@@ -67,42 +71,34 @@ class StepGradients:
 
 
 class StreamPasses:
-    """How a step takes its streams' gradients (`run`: steps 2-3, giving the step's
-    `StepGradients`, whose `mix` is step 5).
+    """How a step takes its streams' gradients (`run`: steps 2-3 on a step's
+    `StepContext`, giving the step's `StepGradients`, whose `mix` is step 5)."""
 
-    Args:
-        model: the `GradMixModel`.
-    """
-
-    def __init__(self, model):
-        self.model = model
-
-    def run(self, streams, target) -> StepGradients:
+    def run(self, step, streams, target) -> StepGradients:
         raise NotImplementedError
 
 
 class StoredPasses(StreamPasses):
     """Every stream's gradient kept from step 2 to step 5."""
 
-    def run(self, streams, target) -> StepGradients:
+    def run(self, step, streams, target) -> StepGradients:
         """Steps 2-3, each stream's gradient kept for step 5."""
-        model = self.model
-        results = [model.stream_gradients(stream) for stream in streams]
+        results = [step.stream_gradients(stream) for stream in streams]
         losses, path_grads, head_grads = ([r[i] for r in results] for i in range(3))
-        target_loss, target_grads, _ = model.stream_gradients(target)
+        target_loss, target_grads, _ = step.stream_gradients(target)
         gradients = StreamGradients(
             [distribute.all_reduce_sum(g) for g in path_grads],
             distribute.all_reduce_sum(target_grads),
-            model.mixing_layer_ids,
-            model.num_mixing_layers,
+            step.mixing_layer_ids,
+            step.num_mixing_layers,
         )
-        mix = functools.partial(self.mix, path_grads, target_grads)
+        mix = functools.partial(self.mix, step.mixing_layer_ids, path_grads, target_grads)
         return StepGradients(losses, head_grads, target_loss, gradients, mix)
 
-    def mix(self, path_grads, target_grads, mixing_weights, target_weight):
+    def mix(self, layer_ids, path_grads, target_grads, mixing_weights, target_weight):
         """Step 5: the local mixed gradient G [V] on the target's path."""
         return weights.mix_gradients(
-            path_grads, mixing_weights, self.model.mixing_layer_ids, target_grads, target_weight
+            path_grads, mixing_weights, layer_ids, target_grads, target_weight
         )
 
 
@@ -111,22 +107,22 @@ class OnePassPasses(StoredPasses):
     stacked a variable ([S + 1, ...]: the streams, then the target) and kept for step 5;
     one pass a stream (`StoredPasses`) where the model cannot take one pass."""
 
-    def __init__(self, model):
-        super().__init__(model)
-        self.joint_pass = JointPass(model)
+    def __init__(self):
+        self.joint_pass = None
 
-    def run(self, streams, target) -> StepGradients:
-        model = self.model
-        result = self.joint_pass.gradients([*streams, target])
+    def run(self, step, streams, target) -> StepGradients:
+        if self.joint_pass is None or self.joint_pass.network is not step.network:
+            self.joint_pass = JointPass(step.network)  # its plan made once a network
+        result = self.joint_pass.gradients([*streams, target], step.guard)
         if result is None:
-            return super().run(streams, target)
+            return super().run(step, streams, target)
         gradients = StackedStreamGradients(
             distribute.all_reduce_sum(result.stacked_grads),
-            model.mixing_layer_ids,
-            model.num_mixing_layers,
+            step.mixing_layer_ids,
+            step.num_mixing_layers,
         )
         mix = functools.partial(
-            weights.mix_stacked_gradients, result.stacked_grads, layer_ids=model.mixing_layer_ids
+            weights.mix_stacked_gradients, result.stacked_grads, layer_ids=step.mixing_layer_ids
         )
         losses = list(result.losses)
         return StepGradients(losses[:-1], result.own_grads[:-1], losses[-1], gradients, mix)
@@ -135,18 +131,17 @@ class OnePassPasses(StoredPasses):
 class RecomputedPasses(StreamPasses):
     """Each stream's gradient reduced to its products, then taken again for the mix."""
 
-    def run(self, streams, target) -> StepGradients:
+    def run(self, step, streams, target) -> StepGradients:
         """Steps 2-3, one stream at a time (see the module's docstring)."""
-        model = self.model
-        target_loss, target_grads, _ = model.stream_gradients(target)
+        target_loss, target_grads, _ = step.stream_gradients(target)
         global_target = distribute.all_reduce_sum(target_grads)
         target_sq = tf.stack([tf.reduce_sum(tf.square(t)) for t in global_target])
         losses, head_grads, dots, stream_sq, states = [], [], [], [], []
         previous = [target_sq]
         for stream in streams:
             with tf.control_dependencies(previous):  # one stream's gradient alive at a time
-                states.append(model.layer_states(stream.head))
-                loss, path_grads, own_grads = model.stream_gradients(stream)
+                states.append(step.network.layer_states(stream.head))
+                loss, path_grads, own_grads = step.stream_gradients(stream)
             global_path = distribute.all_reduce_sum(path_grads)
             dots.append(
                 tf.stack([tf.reduce_sum(t * g) for t, g in zip(global_target, global_path)])
@@ -161,27 +156,24 @@ class RecomputedPasses(StreamPasses):
             target_sq,
             tf.stack(stream_sq) if stream_sq else empty,
         )
-        gradients = StreamGradients.from_products(
-            products, model.mixing_layer_ids, model.num_mixing_layers
-        )
-        mix = functools.partial(self.mix, streams, states, target_grads)
+        gradients = StreamProducts(products, step.mixing_layer_ids, step.num_mixing_layers)
+        mix = functools.partial(self.mix, step, streams, states, target_grads)
         return StepGradients(losses, head_grads, target_loss, gradients, mix)
 
-    def mix(self, streams, states, target_grads, mixing_weights, target_weight):
+    def mix(self, step, streams, states, target_grads, mixing_weights, target_weight):
         """Step 5: G = lambda_T g_T + sum_s w[s, l] g_s, each g_s taken again and added."""
-        model = self.model
         mixed = [target_weight * g for g in target_grads]
         for s, (stream, state) in enumerate(zip(streams, states)):
             with tf.control_dependencies(mixed):  # after the previous stream is added
-                _, path_grads, _ = model.stream_gradients(stream, state)
+                _, path_grads, _ = step.stream_gradients(stream, state)
             mixed = [
                 m + tf.cast(mixing_weights[s, layer], g.dtype) * g
-                for m, g, layer in zip(mixed, path_grads, model.mixing_layer_ids)
+                for m, g, layer in zip(mixed, path_grads, step.mixing_layer_ids)
             ]
         return mixed
 
 
-def make_stream_passes(model):
-    """The passes `model.options.gradient_memory` names."""
+def make_stream_passes(gradient_memory: str) -> StreamPasses:
+    """The passes `gradient_memory` names (checked by `GradMixOptions`)."""
     kinds = {"store": StoredPasses, "recompute": RecomputedPasses, "one_pass": OnePassPasses}
-    return kinds[model.options.gradient_memory](model)
+    return kinds[gradient_memory]()
