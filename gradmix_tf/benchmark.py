@@ -34,7 +34,7 @@ import scipy.stats
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradmix_tf import experiment
+from gradmix_tf import config_renames, experiment
 from gradmix_tf import workdir as workdirs
 from gradmix_tf.callbacks.mixing_summaries import quiet_missing_glyphs, short_layer_names
 from gradmix_tf.errors import ConfigError, UserError
@@ -54,7 +54,14 @@ NEW_RUN = "use another --out, or delete that run directory to train it again"
 
 
 def run_dir(out: str, method: str, seed: int) -> str:
-    return os.path.join(out, "runs", method, f"seed_{seed}")
+    """The work directory of one run (a run kept under a method's name before a rename,
+    `config_renames`, is that run)."""
+    path = os.path.join(out, "runs", method, f"seed_{seed}")
+    for old in config_renames.old_method_names(method):
+        old_path = os.path.join(out, "runs", old, f"seed_{seed}")
+        if not os.path.exists(path) and os.path.isdir(old_path):
+            return old_path
+    return path
 
 
 def run_config(
@@ -155,10 +162,12 @@ _NUMBERS = {"seed": int, "target_test_accuracy": float, "wall_seconds": float, "
 
 def read_results(path: str) -> list[dict]:
     """The rows of a results.csv, their numbers read (`UserError` naming a cell that is
-    not one)."""
+    not one) and their methods in today's names (`config_renames`)."""
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
     for line, row in enumerate(rows, 2):
+        if "method" in row:
+            row["method"] = config_renames.method_name(row["method"])
         for column, number in _NUMBERS.items():
             try:
                 row[column] = number(row[column])

@@ -47,6 +47,11 @@ def method_name(name: str) -> str:
     return RENAMED_METHODS.get(name, name)
 
 
+def old_method_names(name: str) -> list[str]:
+    """The names method `name` had before (none when it was not renamed)."""
+    return [old for old, new in RENAMED_METHODS.items() if new == name]
+
+
 def upgrade(stored: dict) -> dict:
     """A stored config (`config.json` as a dict) in today's names; a copy."""
     config = copy.deepcopy(stored)

@@ -13,7 +13,7 @@ import shutil
 import pytest
 
 from configs import digits as digits_config
-from gradmix_tf import config_renames, experiment, workdir
+from gradmix_tf import benchmark, config_renames, experiment, workdir
 from gradmix_tf.errors import ConfigError
 
 OLD_WORKDIR = os.path.join(os.path.dirname(__file__), "data", "workdir_before_renames")
@@ -93,3 +93,18 @@ def test_a_workdir_written_before_the_renames_resumes_and_is_evaluated_again(tmp
     again = experiment.evaluate_workdir(run)
     assert again["step"] == 20
     assert again["target_test_accuracy"] == pytest.approx(results["target_test_accuracy"])
+
+
+def test_a_benchmark_keeps_its_runs_and_results_of_the_old_names(tmp_path):
+    out = str(tmp_path)
+    old_run = os.path.join(out, "runs", "gradmix_closed_form", "seed_0")
+    os.makedirs(old_run)
+    assert benchmark.run_dir(out, "closed_form", 0) == old_run  # resumed, not trained again
+    assert benchmark.run_dir(out, "closed_form", 1).endswith(os.path.join("closed_form", "seed_1"))
+    assert benchmark.run_dir(out, "joint", 0).endswith(os.path.join("joint", "seed_0"))
+    path = tmp_path / "results.csv"
+    path.write_text(
+        "method,seed,target_test_accuracy,wall_seconds,steps\n"
+        "gradmix_persistent_no_pseudo_labels,0,0.5,1.0,10\njoint,0,0.4,1.0,10\n"
+    )
+    assert [row["method"] for row in benchmark.read_results(str(path))] == ["persistent", "joint"]
