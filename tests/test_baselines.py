@@ -10,15 +10,7 @@ import tensorflow as tf
 from configs import digits
 from gradmix_tf import experiment
 from gradmix_tf.mixing import baselines
-from tests.model_testing import (
-    OTHER_CLASSES,
-    TARGET_CLASSES,
-    cross_entropy,
-    make_model,
-    random_batch,
-    train_step,
-    trainable_values,
-)
+from tests import model_testing as testing
 
 
 def pcgrad_reference(vectors):
@@ -80,9 +72,9 @@ def test_nothing_aligned_gives_zero_weights():
 
 def test_nested_tape_alignments_equal_per_example_gradients():
     """a_i = <g_T, grad l_i> from the double backward equals the explicit loop."""
-    sources = (TARGET_CLASSES, OTHER_CLASSES)
-    model = make_model(sources, rule="example_reweighting")
-    batch = random_batch(sources, count=3)
+    sources = (testing.TARGET_CLASSES, testing.OTHER_CLASSES)
+    model = testing.make_model(sources, rule="example_reweighting")
+    batch = testing.random_batch(sources, count=3)
     streams, target = model._stream_batches(batch)
     reweighted = model.rule.prepare_streams(model._step_context(), streams, target)
     totals = [s.stream_weight for s in reweighted]
@@ -91,7 +83,7 @@ def test_nested_tape_alignments_equal_per_example_gradients():
     variables = model.path_variables
     with tf.GradientTape() as tape:
         logits = model.heads[0](model.trunk(target_x))
-        target_loss = tf.reduce_mean(cross_entropy(logits, target_y))
+        target_loss = tf.reduce_mean(testing.cross_entropy(logits, target_y))
     target_grads = tape.gradient(target_loss, variables)
     expected = []
     for x, y, head in ((s.x, s.labels, s.head) for s in streams):
@@ -99,7 +91,7 @@ def test_nested_tape_alignments_equal_per_example_gradients():
         for i in range(x.shape[0]):
             with tf.GradientTape() as tape:
                 logits = model.heads[head](model.trunk(x[i : i + 1]))
-                loss = cross_entropy(logits, y[i : i + 1])[0]
+                loss = testing.cross_entropy(logits, y[i : i + 1])[0]
             grads = tape.gradient(loss, variables)
             per_stream.append(
                 sum(
@@ -130,14 +122,14 @@ def test_phases_switch_at_pretrain_steps():
 
 @pytest.mark.parametrize("mode", ["eager", "graph"])
 def test_pretraining_ignores_target_then_finetuning_ignores_sources(mode):
-    sources = (OTHER_CLASSES,)  # own head: h_T sees only the target stream
-    model = make_model(sources, rule="pretrain_finetune", pretrain_steps=1)
+    sources = (testing.OTHER_CLASSES,)  # own head: h_T sees only the target stream
+    model = testing.make_model(sources, rule="pretrain_finetune", pretrain_steps=1)
     head_target = model.heads[0].kernel.numpy()
-    train_step(model, random_batch(sources, seed=1), mode)
+    testing.train_step(model, testing.random_batch(sources, seed=1), mode)
     np.testing.assert_allclose(model.mixing_weights, np.ones([1, 3]), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(model.heads[0].kernel.numpy(), head_target)  # SGD, no target loss
     source_head = model.heads[1].kernel.numpy()
-    train_step(model, random_batch(sources, seed=2), mode)
+    testing.train_step(model, testing.random_batch(sources, seed=2), mode)
     np.testing.assert_allclose(model.mixing_weights, np.zeros([1, 3]), rtol=1e-6, atol=1e-6)
     np.testing.assert_array_equal(model.heads[1].kernel.numpy(), source_head)
     assert not np.allclose(model.heads[0].kernel.numpy(), head_target, rtol=1e-6, atol=1e-6)
@@ -145,7 +137,7 @@ def test_pretraining_ignores_target_then_finetuning_ignores_sources(mode):
 
 def test_needs_pretrain_steps():
     with pytest.raises(ValueError, match="pretrain_steps > 0"):
-        make_model((OTHER_CLASSES,), rule="pretrain_finetune")
+        testing.make_model((testing.OTHER_CLASSES,), rule="pretrain_finetune")
 
 
 # ------------------------------------------------------------- baseline steps
@@ -153,16 +145,16 @@ def test_needs_pretrain_steps():
 @pytest.mark.parametrize("mode", ["eager", "graph"])
 @pytest.mark.parametrize("mixing", ["example_reweighting", "pcgrad"])
 def test_step_is_finite_and_changes_the_model(mixing, mode, unlabelled):
-    sources = (TARGET_CLASSES, OTHER_CLASSES)
-    model = make_model(sources, rule=mixing, num_unlabelled=unlabelled)
+    sources = (testing.TARGET_CLASSES, testing.OTHER_CLASSES)
+    model = testing.make_model(sources, rule=mixing, num_unlabelled=unlabelled)
     if unlabelled:
         model.pseudo_labels.assign(np.arange(unlabelled) % 3)
         model.pseudo_label_weights.assign(np.linspace(0.0, 1.0, unlabelled))
-    before = trainable_values(model)
-    logs = train_step(model, random_batch(sources, num_unlabelled=unlabelled), mode)
+    before = testing.trainable_values(model)
+    logs = testing.train_step(model, testing.random_batch(sources, num_unlabelled=unlabelled), mode)
     assert all(np.isfinite(v) for v in logs.values()), logs
     assert np.all(np.isfinite(model.mixing_weights.numpy()))
-    assert any(not np.allclose(a, b) for a, b in zip(before, trainable_values(model)))
+    assert any(not np.allclose(a, b) for a, b in zip(before, testing.trainable_values(model)))
     if mixing == "example_reweighting":  # stream shares of the pooled weight
         np.testing.assert_allclose(
             tf.reduce_sum(model.mixing_weights[:, 0]), 1.0, rtol=1e-6, atol=1e-5
@@ -171,14 +163,14 @@ def test_step_is_finite_and_changes_the_model(mixing, mode, unlabelled):
 
 def test_pcgrad_of_identical_streams_is_joint_training():
     """Streams that never conflict: PCGrad changes nothing, the step is joint training's."""
-    sources = (TARGET_CLASSES,)
-    batch = random_batch(sources)
+    sources = (testing.TARGET_CLASSES,)
+    batch = testing.random_batch(sources)
     batch["sources"] = (batch["target"],)
-    pcgrad = make_model(sources, rule="pcgrad", adaptive_learning_rate=False)
-    joint = make_model(sources, rule="uniform", adaptive_learning_rate=False)
-    train_step(pcgrad, batch)
-    train_step(joint, batch)
-    for a, b in zip(trainable_values(pcgrad), trainable_values(joint)):
+    pcgrad = testing.make_model(sources, rule="pcgrad", adaptive_learning_rate=False)
+    joint = testing.make_model(sources, rule="uniform", adaptive_learning_rate=False)
+    testing.train_step(pcgrad, batch)
+    testing.train_step(joint, batch)
+    for a, b in zip(testing.trainable_values(pcgrad), testing.trainable_values(joint)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
