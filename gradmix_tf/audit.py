@@ -600,8 +600,8 @@ def audit_markdown(report: dict) -> str:
     lines += [
         "",
         "A source **hurts** when leaving it out gains, the whole 95% interval above 0; it "
-        "**helps** when the interval is below 0; otherwise this many labels cannot tell (a "
-        "bigger --budget, more --repeats or more labels narrow the interval).",
+        "**helps** when the interval is below 0; otherwise this many labels cannot tell "
+        "(--repeats=2 or more labels narrow the interval: docs/audit.md).",
         "",
         "Recommended: "
         + ("; ".join(advice) + "." if advice else "keep every source as it is.")
