@@ -135,6 +135,12 @@ class MixingRule:
         raise NotImplementedError
 
 
+def weight_total(options, num_streams: int) -> float:
+    """The sum each layer's weights are normalised to (`options.weight_total`: a number,
+    or "num_streams" for S)."""
+    return num_streams if options.weight_total == "num_streams" else options.weight_total
+
+
 def register_rule(name: str):
     """Class decorator: makes a `MixingRule` selectable as `step.rule=name`."""
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gradmix_tf.mixing import weights
-from gradmix_tf.rules.base import Mix, MixingRule, register_rule
+from gradmix_tf.rules.base import Mix, MixingRule, register_rule, weight_total
 
 
 @register_rule("closed_form")
@@ -28,8 +28,3 @@ class ClosedFormRule(MixingRule):
             weight_total=weight_total(options, gradients.num_streams),
         )
         return Mix(mixing_weights, options.target_weight)
-
-
-def weight_total(options, num_streams: int) -> float:
-    """The sum each layer's weights are normalised to (`options.weight_total`)."""
-    return num_streams if options.weight_total == "num_streams" else options.weight_total

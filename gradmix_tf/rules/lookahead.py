@@ -6,8 +6,7 @@ import tensorflow as tf
 
 from gradmix_tf import distribute
 from gradmix_tf.mixing import lookahead, weights
-from gradmix_tf.rules.base import Mix, MixingRule, register_rule
-from gradmix_tf.rules.closed_form import weight_total
+from gradmix_tf.rules.base import Mix, MixingRule, register_rule, weight_total
 
 
 @register_rule("lookahead")
