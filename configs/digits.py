@@ -47,6 +47,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.filters = (16, 32, 64)
     config.model.dense_units = 64
     config.model.dropout = 0.0
+    config.model.batch_norm = False  # batch normalisation after each convolution
 
     # How each training step is taken: GradMixModel's options (docs/algorithm.md), for every rule. The mixing rule is the persistent one with
     # cosine alignment, chosen on the development tasks (docs/RESULTS.md, "Choosing the default

@@ -192,6 +192,14 @@ def reducible_logs(logs: dict) -> dict:
     return {name: tf.reshape(value, [1]) for name, value in logs.items()}
 
 
+def merges_updates() -> bool:
+    """Whether the strategy in scope synchronises an optimizer step with `merge_call`
+    (MirroredStrategy): a condition around the step then needs `replica_cond`."""
+    return tf.distribute.has_strategy() and not (
+        tf.__internal__.distribute.strategy_supports_no_merge_call()
+    )
+
+
 def replica_cond(predicate, true_fn, false_fn, true_args=(), false_args=()):
     """`true_fn(*true_args)` if `predicate` else `false_fn(*false_args)`, from inside a replica.
 
@@ -202,9 +210,7 @@ def replica_cond(predicate, true_fn, false_fn, true_args=(), false_args=()):
     run in cross-replica context, with `false_fn` called for each replica, as
     Keras's `LossScaleOptimizer` does; elsewhere it is a plain `tf.cond`.
     """
-    if not tf.distribute.has_strategy() or (
-        tf.__internal__.distribute.strategy_supports_no_merge_call()
-    ):
+    if not merges_updates():
         tf.cond(predicate, lambda: true_fn(*true_args), lambda: false_fn(*false_args))
         return
 

@@ -129,6 +129,7 @@ ADDED_FIELDS = {
     "step.adapter_refresh_every": 0,
     "step.adapter_trace_penalty": 0.0,
     "data.task_options.label_space_source": "",
+    "model.batch_norm": False,
 }
 """Config fields added after work directories were written, with the value that trains
 what such a directory trained: a stored config without the field equals one with it."""

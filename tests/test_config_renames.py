@@ -36,6 +36,11 @@ def test_an_old_config_reads_as_the_same_run_in_todays_names():
         old = json.load(f)
     assert "gradmix" in old and old["gradmix"]["mixing"] == "gradmix"  # the old names
     new = workdir.config_as_dict(experiment.resolve_config(old_run_config()))
+    added_since = {"model": ["batch_norm"]}  # fields the fixture predates (ADDED_FIELDS)
+    for group, fields in added_since.items():
+        for field in fields:
+            assert field not in old[group] and f"{group}.{field}" in workdir.ADDED_FIELDS
+            assert new[group].pop(field) == workdir.ADDED_FIELDS[f"{group}.{field}"]
     assert config_renames.upgrade(old) == new
     assert not workdir.config_differences(workdir.stored_config(OLD_WORKDIR), new)
 

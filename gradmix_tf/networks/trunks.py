@@ -17,11 +17,13 @@ def small_cnn(
     dense_units: int = 128,
     dropout: float = 0.0,
     flatten: bool = True,
+    batch_norm: bool = False,
     name: str = "trunk",
 ) -> keras.Sequential:
     """A small convolutional trunk for digit images (e.g. 32x32x3).
 
-    Each block is a 3x3 convolution with ReLU and 2x2 max pooling; then
+    Each block is a 3x3 convolution with ReLU (batch normalisation between them with
+    `batch_norm`) and 2x2 max pooling; then
     flattening (or global average pooling), optional dropout and a dense feature layer. With
     the defaults it has 4 mixing layers (3 convolutions + the dense layer).
 
@@ -31,6 +33,8 @@ def small_cnn(
         dropout: dropout rate before the feature layer.
         flatten: flatten the last feature map (keeps where a stroke is);
             False averages it instead (fewer parameters, any input size).
+        batch_norm: batch normalisation after each convolution (which then has no
+            bias), before its ReLU; its scale and offset are mixing layers of their own.
         name: the trunk's name (prefix of its variables' paths).
 
     Example:
@@ -41,9 +45,18 @@ def small_cnn(
     """
     layers = []
     for i, width in enumerate(filters):
-        layers.append(
-            keras.layers.Conv2D(width, 3, padding="same", activation="relu", name=f"conv{i + 1}")
-        )
+        if not batch_norm:
+            layers.append(
+                keras.layers.Conv2D(
+                    width, 3, padding="same", activation="relu", name=f"conv{i + 1}"
+                )
+            )
+        else:
+            layers.append(
+                keras.layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"conv{i + 1}")
+            )
+            layers.append(keras.layers.BatchNormalization(name=f"bn{i + 1}"))
+            layers.append(keras.layers.ReLU(name=f"relu{i + 1}"))
         layers.append(keras.layers.MaxPooling2D(2, name=f"pool{i + 1}"))
     if flatten:
         layers.append(keras.layers.Flatten(name="flatten"))

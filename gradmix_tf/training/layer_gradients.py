@@ -43,6 +43,7 @@ import dataclasses
 import threading
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -82,19 +83,39 @@ def _probed(value, record: LayerCall):
     return value + record.probe
 
 
+def _static_sizes(record: LayerCall) -> list[int] | None:
+    """The segments' sizes as ints, or None when one is known only as the step runs."""
+    sizes = [tf.get_static_value(n) for n in record.sizes]
+    return None if any(n is None for n in sizes) else [int(n) for n in sizes]
+
+
 def _split(tensor, record: LayerCall) -> list:
     """The rows of each segment of a recorded call."""
     if len(record.sizes) == 1:
         return [tensor]
-    return tf.split(tensor, tf.stack(record.sizes), num=len(record.sizes))
+    sizes = _static_sizes(record)
+    return tf.split(tensor, sizes or tf.stack(record.sizes), num=len(record.sizes))
+
+
+def _segment_ids(record: LayerCall):
+    """[N] the segment of each row of a recorded call: a constant where the sizes are
+    static (`tf.repeat`, traced once a layer, took most of a large model's tracing)."""
+    sizes = _static_sizes(record)
+    if sizes is not None:
+        return tf.constant(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
+    return tf.concat([tf.fill([n], s) for s, n in enumerate(record.sizes)], axis=0)
 
 
 def _row_sums(rows, record: LayerCall):
     """[segments, ...] sums over the rows of each segment of a [N, ...] tensor."""
-    if len(record.sizes) == 1:
+    count = len(record.sizes)
+    if count == 1:
         return tf.reduce_sum(rows, axis=0, keepdims=True)
-    ids = tf.repeat(tf.range(len(record.sizes)), tf.stack(record.sizes))
-    return tf.math.segment_sum(rows, ids)
+    sizes = _static_sizes(record)
+    if sizes is not None and len(set(sizes)) == 1 and rows.shape[1:].is_fully_defined():
+        # Segments of one size: a reshape.
+        return tf.reduce_sum(tf.reshape(rows, [count, sizes[0], *rows.shape[1:]]), axis=1)
+    return tf.math.segment_sum(rows, _segment_ids(record))
 
 
 def _own_variables(layer) -> list:
@@ -132,7 +153,7 @@ class VectorJacobianRule(LayerRule):
 
     def gradients(self, record, output_gradient):
         variables, tape = _own_variables(record.layer), record.tape
-        ids = tf.repeat(tf.range(len(record.sizes)), tf.stack(record.sizes))
+        ids = _segment_ids(record)
         mask_shape = [-1] + [1] * (output_gradient.shape.rank - 1)
         segments = []
         for s in range(len(record.sizes)):

@@ -230,7 +230,8 @@ class JointPass:
         with recording(plan.layers, plan.rules, tape) as recorder:
             recorder.segments, recorder.sizes = tuple(range(len(batches))), sizes
             features = network.trunk(tf.concat([b.x for b in batches], axis=0), training=True)
-            parts = tf.split(features, tf.stack(sizes), num=len(batches))
+            static = all(isinstance(n, int) for n in sizes)
+            parts = tf.split(features, list(sizes) if static else tf.stack(sizes), num=len(batches))
             per_example = []
             for i, (batch, part) in enumerate(zip(batches, parts)):
                 recorder.segments, recorder.sizes = (i,), (sizes[i],)

@@ -122,6 +122,12 @@ class StepGuard:
                 overflow under `mixed_float16`).
         """
         overflow = self._overflow(grads)
+        if overflow is None and not self.skips_nonfinite and not distribute.merges_updates():
+            # Stop: the update runs after an assert that stops the step first. A `tf.cond`
+            # around the optimizer step would do the same at twice its tracing time.
+            with tf.control_dependencies([self._stop_if(tf.reduce_any(nonfinite), nonfinite)]):
+                update(*update_args)
+            return
         if overflow is None:
             distribute.replica_cond(
                 tf.reduce_any(nonfinite), self._on_nonfinite, update, (nonfinite,), update_args
@@ -150,6 +156,10 @@ class StepGuard:
         if self.skips_nonfinite:
             self.skipped.assign_add(1)
             return
+        self._stop_if(tf.constant(True), nonfinite)
+
+    def _stop_if(self, stops, nonfinite):
+        """An assert that stops the step when `stops`, naming the non-finite streams."""
         streams = tf.boolean_mask(tf.constant(self.stream_names + ("target",)), nonfinite)
         message = tf.strings.join(
             [
@@ -162,4 +172,4 @@ class StepGuard:
                 "build GradMixModel with on_nonfinite=skip to skip such batches.",
             ]
         )
-        tf.debugging.Assert(False, [message])
+        return tf.debugging.Assert(tf.logical_not(stops), [message])
