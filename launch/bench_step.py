@@ -28,7 +28,9 @@ so any number of sources K can be timed; every stream has
   `rule="uniform"` and no adaptive learning rate (`--config.method=joint`):
   one pass a stream, every weight 1.
 
-Each step is one traced `tf.function` (`--jit_step` compiles it with XLA).
+Each step is one traced `tf.function` (`--jit_step` compiles it with XLA),
+without AutoGraph, as Keras's `fit` traces a `train_step` (AutoGraph rewrites
+every function the step calls, and took a third of GradMix's first step).
 After `--warmup` steps of each method, `--repeats` rounds each time
 `--steps` steps of every method in turn (the order rotates every round); the
 table gives the median over rounds of the time a step, the examples a second
@@ -199,7 +201,9 @@ def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, j
         "joint": joint_step_function(models["joint"]),
         "uniform": models["uniform"].train_step,
     }
-    step_functions = {m: tf.function(f, jit_compile=jit) for m, f in functions.items()}
+    step_functions = {  # traced as Keras's `fit` traces a train_step: without AutoGraph
+        m: tf.function(f, jit_compile=jit, autograph=False) for m, f in functions.items()
+    }
     device = _device()
     traces = {}
     for method, step in step_functions.items():

@@ -380,3 +380,27 @@ def test_rules_by_layer():
     assert isinstance(layer_gradients.rule_for(keras.layers.Conv1D(2, 3)), layer_gradients.ConvRule)
     assert isinstance(layer_gradients.rule_for(Scale()), layer_gradients.VectorJacobianRule)
     assert one_pass.make_plan(make_model("one_pass", "video")).generic == ()
+
+
+@pytest.mark.parametrize("strides, padding", [(1, "same"), (2, "same"), (2, "valid")])
+@pytest.mark.parametrize("kind", ["conv", "depthwise"])
+def test_a_native_filter_gradient_is_the_linear_operations_own(kind, strides, padding):
+    """The direct filter-gradient op gives bit for bit what the tape's VJP of the layer's
+    linear operation gives."""
+    if kind == "conv":
+        layer, rule = keras.layers.Conv2D(4, 3, strides, padding), layer_gradients.ConvRule()
+    else:
+        layer, rule = (
+            keras.layers.DepthwiseConv2D(3, strides, padding),
+            layer_gradients.DepthwiseConvRule(),
+        )
+    inputs = tf.constant(np.random.default_rng(0).normal(size=(3, 9, 9, 2)), tf.float32)
+    layer.build(inputs.shape)
+    kernel = tf.convert_to_tensor(layer.kernel)
+    with tf.GradientTape() as tape:
+        tape.watch(kernel)
+        outputs = rule.linear(layer, inputs, kernel)
+    grads = tf.constant(np.random.default_rng(1).normal(size=outputs.shape), tf.float32)
+    native = rule.filter_gradient(layer, inputs, grads, kernel)
+    assert native is not None
+    np.testing.assert_array_equal(native.numpy(), tape.gradient(outputs, kernel, grads).numpy())

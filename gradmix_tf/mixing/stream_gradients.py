@@ -135,11 +135,14 @@ class StackedStreamGradients(StreamGradients):
 
     @functools.cached_property
     def variable_products(self):
-        """(dots [S, V], target_sq [V], stream_sq [S, V]), taken once."""
-        dots, squares = [], []
+        """(dots [S, V], target_sq [V], stream_sq [S, V]), taken once: each variable's
+        Gram matrix of its S + 1 gradients, one matmul (a product and a sum a pair took
+        five times the ops, and as much of the step's tracing)."""
+        grams = []
         for stacked in self.stacked:
             flat = tf.reshape(tf.cast(stacked, tf.float32), [stacked.shape[0], -1])
-            dots.append(tf.linalg.matvec(flat[:-1], flat[-1]))  # [S]
-            squares.append(tf.reduce_sum(tf.square(flat), axis=1))  # [S + 1]
-        dots, squares = tf.stack(dots, axis=1), tf.stack(squares, axis=1)  # [S(+1), V]
+            grams.append(tf.matmul(flat, flat, transpose_b=True))  # [S + 1, S + 1]
+        grams = tf.stack(grams)  # [V, S + 1, S + 1]
+        squares = tf.transpose(tf.linalg.diag_part(grams))  # [S + 1, V]
+        dots = tf.transpose(grams[:, :-1, -1])  # [S, V]
         return dots, squares[-1], squares[:-1]

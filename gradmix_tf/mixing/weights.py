@@ -168,10 +168,12 @@ def mix_stacked_gradients(stacked_grads, weights, target_weight=1.0, *, layer_id
         a list of V mixed gradients.
     """
     layer_weights = tf.gather(tf.cast(weights, tf.float32), layer_ids, axis=1)  # [S, V]
+    target_row = tf.fill([1, len(layer_ids)], tf.cast(target_weight, tf.float32))
+    factors = tf.transpose(tf.concat([layer_weights, target_row], 0))  # [V, S + 1]
     mixed = []
-    for v, stacked in enumerate(stacked_grads):
-        factors = tf.concat([layer_weights[:, v], [tf.cast(target_weight, tf.float32)]], 0)
-        mixed.append(tf.tensordot(tf.cast(factors, stacked.dtype), stacked, axes=1))
+    for factor, stacked in zip(tf.unstack(factors[:, None, :]), stacked_grads):  # [1, S + 1]
+        flat = tf.reshape(stacked, [stacked.shape[0], -1])
+        mixed.append(tf.reshape(tf.matmul(tf.cast(factor, stacked.dtype), flat), stacked.shape[1:]))
     return mixed
 
 

@@ -225,11 +225,32 @@ class KernelRule(LayerRule):
             return tf.reshape(stacked, [count, *kernel.shape])
         segments = []
         for inputs, grads in zip(_split(record.inputs, record), _split(output_gradient, record)):
-            with tf.GradientTape() as linear_tape:
-                linear_tape.watch(kernel)
-                outputs = self.linear(layer, inputs, kernel)
-            segments.append(linear_tape.gradient(outputs, kernel, grads))
+            grad = self.filter_gradient(layer, inputs, grads, kernel)
+            if grad is None:
+                with tf.GradientTape() as linear_tape:
+                    linear_tape.watch(kernel)
+                    outputs = self.linear(layer, inputs, kernel)
+                grad = linear_tape.gradient(outputs, kernel, grads)
+            segments.append(grad)
         return tf.stack(segments)
+
+    def filter_gradient(self, layer, inputs, grads, kernel):
+        """The kernel's gradient on one segment's rows by the operation the linear
+        operation's own gradient runs, where there is one (else None: the tape's)."""
+        return None
+
+
+def _native_2d(layer, inputs):
+    """The strides of TensorFlow's native 2D operations for a channels-last 2D layer of
+    dilation 1 and "same" or "valid" padding, or None for any other layer."""
+    if (
+        inputs.shape.rank != 4
+        or layer.data_format != "channels_last"
+        or any(d != 1 for d in layer.dilation_rate)
+        or layer.padding not in ("same", "valid")
+    ):
+        return None
+    return [1, *layer.strides, 1]
 
 
 class DenseRule(KernelRule):
@@ -243,6 +264,18 @@ class DenseRule(KernelRule):
 class ConvRule(KernelRule):
     def linear(self, layer, inputs, kernel):
         return layer.convolution_op(inputs, kernel)
+
+    def filter_gradient(self, layer, inputs, grads, kernel):
+        strides = _native_2d(layer, inputs)
+        if strides is None or layer.groups != 1:
+            return None
+        return tf.raw_ops.Conv2DBackpropFilter(
+            input=inputs,
+            filter_sizes=kernel.shape,
+            out_backprop=grads,
+            strides=strides,
+            padding=layer.padding.upper(),
+        )
 
     def pointwise(self, layer):
         return (
@@ -262,6 +295,18 @@ class DepthwiseConvRule(KernelRule):
             padding=layer.padding,
             dilation_rate=layer.dilation_rate,
             data_format=layer.data_format,
+        )
+
+    def filter_gradient(self, layer, inputs, grads, kernel):
+        strides = _native_2d(layer, inputs)
+        if strides is None:
+            return None
+        return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
+            input=inputs,
+            filter_sizes=kernel.shape,
+            out_backprop=grads,
+            strides=strides,
+            padding=layer.padding.upper(),
         )
 
 
