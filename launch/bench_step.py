@@ -190,6 +190,8 @@ def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, j
             config, data, num_sources, rule="uniform", adaptive_learning_rate=False
         ),
     }
+    for model in models.values():
+        model.jit_compile = jit  # (a step compiled with XLA skips a non-finite batch)
     for model in models.values():  # the same initial weights (rules' own state aside)
         for variable, value in zip(
             model.trainable_variables, models["gradmix"].trainable_variables

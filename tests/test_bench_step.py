@@ -76,10 +76,15 @@ def test_joint_reference_is_the_uniform_step():
     assert np.abs(joint.get_weights()[0] - initial).max() > 1e-4
 
 
-def test_benchmark_times_every_method(monkeypatch):
+@pytest.mark.parametrize(
+    "jit", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["graph", "xla"]
+)
+def test_benchmark_times_every_method(monkeypatch, jit):
+    """Every method's step runs, traced as `fit` traces it, and compiled with XLA
+    (`--jit_step`), where the steps skip a non-finite batch instead of asserting."""
     monkeypatch.setattr(experiment, "build_data", lambda config: tiny_data())
     table, gradient_mib = bench_step.benchmark(
-        tiny_config(), num_sources=2, repeats=2, steps=2, warmup=1, jit=False
+        tiny_config(), num_sources=2, repeats=2, steps=2, warmup=1, jit=jit
     )
     assert set(table) == set(bench_step.METHODS)
     for ms, per_second, peak, trace in table.values():
