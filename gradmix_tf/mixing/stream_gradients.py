@@ -136,8 +136,8 @@ class StackedStreamGradients(StreamGradients):
     @functools.cached_property
     def variable_products(self):
         """(dots [S, V], target_sq [V], stream_sq [S, V]), taken once: each variable's
-        Gram matrix of its S + 1 gradients, one matmul (a product and a sum a pair took
-        five times the ops, and as much of the step's tracing)."""
+        Gram matrix of its S + 1 gradients, one matmul (a matrix-vector product and a sum
+        of squares a variable took about five times the graph ops to trace)."""
         grams = []
         for stacked in self.stacked:
             flat = tf.reshape(tf.cast(stacked, tf.float32), [stacked.shape[0], -1])

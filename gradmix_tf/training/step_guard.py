@@ -123,8 +123,8 @@ class StepGuard:
         """
         overflow = self._overflow(grads)
         if overflow is None and not self.skips_nonfinite and not distribute.merges_updates():
-            # Stop: the update runs after an assert that stops the step first. A `tf.cond`
-            # around the optimizer step would do the same at twice its tracing time.
+            # Stop: the update runs after an assert that stops the step first (a `tf.cond`
+            # around the optimizer step, which skipping needs, is slower to trace).
             with tf.control_dependencies([self._stop_if(tf.reduce_any(nonfinite), nonfinite)]):
                 update(*update_args)
             return
