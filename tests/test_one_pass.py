@@ -134,11 +134,16 @@ def batch_for(trunk, seed=0, count=4):
     return batch
 
 
-def step_gradients(model, batch, mixing_weights):
+def step_gradients(model, batch, mixing_weights, dynamic_sizes=False):
     """The step's streams' and target's global gradients, their products, the mixed
-    gradient for `mixing_weights`, the losses and the own heads' gradients."""
+    gradient for `mixing_weights`, the losses and the own heads' gradients (traced with
+    the batches' sizes unknown with `dynamic_sizes`)."""
+    signature = None
+    if dynamic_sizes:
+        spec = lambda t: tf.TensorSpec([None, *t.shape[1:]], t.dtype)  # noqa: E731
+        signature = [tf.nest.map_structure(spec, batch)]
 
-    @tf.function
+    @tf.function(input_signature=signature)
     def run(batch):
         streams, target = model._stream_batches(batch)
         step = model.stream_passes.run(model._step_context(), streams, target)
@@ -154,11 +159,14 @@ def step_gradients(model, batch, mixing_weights):
     return run(batch)
 
 
-@pytest.mark.parametrize("trunk", sorted(TRUNKS))
-def test_every_layer_gives_each_stream_its_gradient(trunk):
+@pytest.mark.parametrize(
+    "trunk, dynamic_sizes", [(t, False) for t in sorted(TRUNKS)] + [("image", True)]
+)
+def test_every_layer_gives_each_stream_its_gradient(trunk, dynamic_sizes):
     """Layer by layer: each stream's (and the target's) gradient on every variable of the
     target's path, on its own head, the products <g_T, g_s>, |g_T|^2, |g_s|^2 and the mixed
-    gradient equal those of one pass a stream, to 1e-5."""
+    gradient equal those of one pass a stream, to 1e-5; also where the step is traced
+    without the batches' sizes."""
     stored, joint = make_model("store", trunk), make_model("one_pass", trunk)
     plan = one_pass.make_plan(joint.network)
     assert plan.unsupported is None
@@ -176,7 +184,7 @@ def test_every_layer_gives_each_stream_its_gradient(trunk):
     )
     batch = batch_for(trunk)
     want = step_gradients(stored, batch, tf.cast(mixing_weights, tf.float32))
-    got = step_gradients(joint, batch, tf.cast(mixing_weights, tf.float32))
+    got = step_gradients(joint, batch, tf.cast(mixing_weights, tf.float32), dynamic_sizes)
     paths = [v.path for v in stored.path_variables]
     for s, (want_grads, got_grads) in enumerate(zip(want["streams"], got["streams"])):
         for path, a, b in zip(paths, want_grads, got_grads):
