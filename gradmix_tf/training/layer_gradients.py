@@ -25,8 +25,9 @@ that output gradient into each stream's gradients of the layer's own variables
 - BatchNormalization (no renorm, not synchronised, no mask), LayerNormalization (no
   `rms_scaling`): the probe sits at the output; scale and offset take the sums of
   (output gradient x normalised input) and of the output gradient over the stream's
-  rows, the input normalised with the statistics the layer used (the joint batch's in
-  training mode, the moving ones in inference mode).
+  rows, the input normalised with the statistics the layer used (in training mode,
+  batch normalisation runs on each stream's rows on its own, with their own moments,
+  as one pass a stream does; the moving ones in inference mode).
 - Embedding: the output gradient's rows scattered to the stream's ids.
 - Any other layer that owns trainable variables (`VectorJacobianRule`): the probe
   sits at the output, and each stream's gradient is the layer's vector-Jacobian
@@ -316,16 +317,15 @@ class NormalizationRule(LayerRule):
     def parameter_axes(self, layer, rank: int) -> list[int]:
         raise NotImplementedError
 
-    def forward(self, layer, original, args, kwargs):
-        """(the layer's output, (mean, variance) it normalised its input with, broadcastable
-        to the input, float32)."""
+    def forward(self, layer, record, original, args, kwargs):
+        """(the layer's output, (mean, variance) it normalised its input with, float32)."""
         raise NotImplementedError
 
     def call(self, layer, record, original, args, kwargs):
         if kwargs.get("mask") is not None:
             raise UnsupportedCall(f"{layer.name} is called with a mask")
         record.inputs = args[0]
-        outputs, record.saved["statistics"] = self.forward(layer, original, args, kwargs)
+        outputs, record.saved["statistics"] = self.forward(layer, record, original, args, kwargs)
         return _probed(outputs, record)
 
     def scale_rows(self, record, grads, summed):
@@ -352,15 +352,18 @@ class NormalizationRule(LayerRule):
 
 
 class BatchNormalizationRule(NormalizationRule):
-    """The statistics are the moments the layer itself takes in training mode (the joint
-    batch's), or its moving statistics."""
+    """In training mode each segment's rows go through the layer on their own, as in one
+    pass a stream: normalised with their own batch's moments, which update the moving
+    statistics one segment after another (in the streams' order, the target's last). The
+    statistics kept are the moments of each row's segment ([N, C]), or the moving ones
+    ([1, C]) in inference mode."""
 
     def parameter_axes(self, layer, rank):
         return [layer.axis % rank]
 
-    def forward(self, layer, original, args, kwargs):
+    def forward(self, layer, record, original, args, kwargs):
         if not (kwargs.get("training") and layer.trainable):
-            statistics = (layer.moving_mean.value, layer.moving_variance.value)
+            statistics = (layer.moving_mean.value[None], layer.moving_variance.value[None])
             return original(*args, **kwargs), statistics
         moments, thread = [], threading.get_ident()
         layer_moments = layer._moments
@@ -373,17 +376,22 @@ class BatchNormalizationRule(NormalizationRule):
 
         vars(layer)["_moments"] = recorded_moments
         try:
-            outputs = original(*args, **kwargs)
+            outputs = [original(rows, *args[1:], **kwargs) for rows in _split(args[0], record)]
         finally:
             vars(layer).pop("_moments", None)
-        return outputs, moments[0]
+        means, variances = (tf.stack(m) for m in zip(*moments))  # [segments, C]
+        if len(outputs) == 1:
+            return outputs[0], (means, variances)
+        ids = _segment_ids(record)
+        statistics = (tf.gather(means, ids), tf.gather(variances, ids))
+        return tf.concat(outputs, axis=0), statistics
 
     def scale_rows(self, record, grads, summed):
-        # The inverse standard deviation is one a channel: applied to the rows' sums.
-        mean, variance = record.saved["statistics"]
+        # The inverse standard deviation is one a channel (and row): applied to the sums.
+        mean, variance = record.saved["statistics"]  # [1 or N, C]
         rank = grads.shape.rank
-        shape = [1] * rank
-        shape[record.layer.axis % rank] = -1
+        axis = record.layer.axis % rank
+        shape = [-1] + [mean.shape[-1] if a == axis else 1 for a in range(1, rank)]
         centred = tf.cast(record.inputs, tf.float32) - tf.reshape(mean, shape)
         rows = tf.reduce_sum(grads * centred, axis=summed)
         return rows * tf.math.rsqrt(variance + record.layer.epsilon)
@@ -394,7 +402,7 @@ class LayerNormalizationRule(NormalizationRule):
         axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
         return sorted(a % rank for a in axes)
 
-    def forward(self, layer, original, args, kwargs):
+    def forward(self, layer, record, original, args, kwargs):
         inputs = tf.cast(args[0], tf.float32)
         axes = self.parameter_axes(layer, inputs.shape.rank)
         if 0 in axes:

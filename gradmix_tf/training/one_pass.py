@@ -9,11 +9,14 @@ each stream's weight gradient is then the sum over its own rows
 batch and layer normalisation and embeddings, a vector-Jacobian product of the layer on
 the stream's rows for any other layer).
 
-The gradients equal those of one pass a stream wherever no layer mixes the rows of a
-batch: batch normalisation in training mode normalises here over the joint batch, as
-joint training does (and updates its moving statistics once a step), so its gradients
-are those of joint training's batch statistics. A label adapter serves one stream: its
-gradient is taken as it is.
+The gradients equal those of one pass a stream wherever no layer mixes the rows of
+different streams. Batch normalisation in training mode does not: it runs on each
+stream's rows on its own, with their own batch's moments, and updates its moving
+statistics once a stream, in the streams' order, as one pass a stream does
+(`layer_gradients.BatchNormalizationRule`; normalising over the joint batch instead, as
+joint training does, lowered the default's target accuracy by 0.075 on a development task:
+docs/RESULTS.md). Dropout draws its masks for the joint batch. A label adapter serves
+one stream: its gradient is taken as it is.
 
 A layer is recorded by replacing its `call` for the pass, under a lock (replicas trace
 their steps in threads of their own; a thread that does not record calls the layer as it

@@ -23,8 +23,9 @@ are held between the two is `GradMixOptions.gradient_memory`:
   and kept, as "store" keeps them; the fastest. It serves every rule.
 
 "store" and "recompute" give the same step (tests/test_stream_passes.py);
-"one_pass" gives it where no layer mixes a batch's rows (batch normalisation
-in training mode normalises over the joint batch: tests/test_one_pass.py).
+"one_pass" gives it too, batch normalisation in training mode included (each
+stream's rows normalised on their own), where no dropout draws masks
+(tests/test_one_pass.py).
 docs/RESULTS.md has their time and peak memory.
 """
 
