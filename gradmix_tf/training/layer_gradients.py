@@ -365,6 +365,9 @@ class BatchNormalizationRule(NormalizationRule):
         if not (kwargs.get("training") and layer.trainable):
             statistics = (layer.moving_mean.value[None], layer.moving_variance.value[None])
             return original(*args, **kwargs), statistics
+        sizes = _static_sizes(record)
+        if len(record.sizes) > 1 and sizes is not None and len(set(sizes)) == 1:
+            return self.segments_at_once(layer, args[0], record)
         moments, thread = [], threading.get_ident()
         layer_moments = layer._moments
 
@@ -385,6 +388,34 @@ class BatchNormalizationRule(NormalizationRule):
         ids = _segment_ids(record)
         statistics = (tf.gather(means, ids), tf.gather(variances, ids))
         return tf.concat(outputs, axis=0), statistics
+
+    def segments_at_once(self, layer, inputs, record):
+        """`forward` for segments of one static size, in one set of operations: the
+        layer's own computation (its moments, `tf.nn.batch_normalization`) on the input
+        grouped [segments, rows, ...], and the moving statistics as the layer's updates
+        of one call a segment leave them, in one assignment each (one call a segment
+        costs the layer's operations K + 1 times over in the graph)."""
+        count, rank = len(record.sizes), inputs.shape.rank
+        axis = layer.axis % rank
+        inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        grouped = tf.reshape(inputs, [count, -1, *inputs.shape[1:]])
+        reduced = [a + 1 for a in range(rank) if a != axis]
+        mean, variance = ops.moments(grouped, axes=reduced, keepdims=True)
+        shape = [1] * (rank + 1)
+        shape[axis + 1] = -1
+        gamma = tf.reshape(ops.cast(layer.gamma, inputs.dtype), shape) if layer.scale else None
+        beta = tf.reshape(ops.cast(layer.beta, inputs.dtype), shape) if layer.center else None
+        outputs = tf.nn.batch_normalization(grouped, mean, variance, beta, gamma, layer.epsilon)
+        outputs = ops.cast(tf.reshape(outputs, tf.shape(inputs)), layer.compute_dtype)
+        means, variances = tf.reshape(mean, [count, -1]), tf.reshape(variance, [count, -1])
+        # m <- m * momentum + mean_s * (1 - momentum), for s = 1..count: in closed form.
+        momentum = layer.momentum
+        shares = [(1.0 - momentum) * momentum ** (count - 1 - s) for s in range(count)]
+        for moving, batch in ((layer.moving_mean, means), (layer.moving_variance, variances)):
+            value = ops.cast(moving, inputs.dtype) * momentum**count
+            moving.assign(value + tf.linalg.matvec(batch, shares, transpose_a=True))
+        ids = _segment_ids(record)
+        return outputs, (tf.gather(means, ids), tf.gather(variances, ids))
 
     def scale_rows(self, record, grads, summed):
         # The inverse standard deviation is one a channel (and row): applied to the sums.
