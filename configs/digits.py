@@ -100,7 +100,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.step.persistent_step_size = 0.02
     config.step.persistent_max = 3.0
     config.step.jit_mixing_weights = False  # solve the weights with XLA (any strategy)
-    # Or "recompute" (at most 3 gradient copies) or "one_pass" (one pass over the joint batch):
+    # Or "recompute" (at most 3 gradient copies) or "one_pass" (one pass for every stream):
     # gradmix_tf/training/stream_passes.py.
     config.step.gradient_memory = "store"
 

@@ -23,8 +23,7 @@ anything is written, what the directory holds:
   same model: the tests check that two replicas equal one device to float rounding, so a
   run killed on two GPUs may resume on one), `step.gradient_memory` (gradients kept or
   recomputed: the same step, tested to float rounding; "one_pass" the same step too,
-  except that batch normalisation in training mode then normalises over the joint batch;
-  a directory from before the field existed resumes) and `benchmark` (launch.benchmark's method and seed lists). A change of
+  except for dropout's masks; a directory from before the field existed resumes) and `benchmark` (launch.benchmark's method and seed lists). A change of
   one of them is logged. Every other field, `optimizer.learning_rate` included, changes
   what is trained: a run cannot resume with it (a lower learning rate after a non-finite
   stop is a new run: another --workdir, or --overwrite). `config.json` holds the config

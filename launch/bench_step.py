@@ -18,8 +18,8 @@ so any number of sources K can be timed; every stream has
   rate, one optimizer step.
 - `one_pass`: the same GradMix step with `gradient_memory="one_pass"`: every
   stream's gradient from one forward and one backward pass over the concatenated
-  batch (`gradmix_tf.training.one_pass`; batch normalisation then normalises over
-  the joint batch, as joint training does).
+  batch (`gradmix_tf.training.one_pass`; batch normalisation still normalises
+  each stream's rows on their own).
 - `joint`: what a user writes for joint training: ONE forward/backward pass
   on the concatenated batch of all K + 1 streams (each stream's examples
   through its own head, the sum of the streams' mean losses), one optimizer
