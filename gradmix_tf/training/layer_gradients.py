@@ -365,8 +365,8 @@ class BatchNormalizationRule(NormalizationRule):
         if not (kwargs.get("training") and layer.trainable):
             statistics = (layer.moving_mean.value[None], layer.moving_variance.value[None])
             return original(*args, **kwargs), statistics
-        sizes = _static_sizes(record)
-        if len(record.sizes) > 1 and sizes is not None and len(set(sizes)) == 1:
+        sizes, shape = _static_sizes(record), args[0].shape[1:]
+        if len(record.sizes) > 1 and sizes and len(set(sizes)) == 1 and shape.is_fully_defined():
             return self.segments_at_once(layer, args[0], record)
         moments, thread = [], threading.get_ident()
         layer_moments = layer._moments
