@@ -104,45 +104,46 @@ class StreamProducts(StreamGradients):
 
 
 class StackedStreamGradients(StreamGradients):
-    """`StreamGradients` from each variable's gradients stacked: [S + 1, ...], the S
-    streams' then the target's (`gradient_memory="one_pass"`); the products take one
-    matrix-vector product and one sum of squares a variable for all streams.
+    """`StreamGradients` from each variable's gradients stacked and flattened: [S + 1, n],
+    the S streams' then the target's (`gradient_memory="one_pass"`); the products take one
+    matrix product a variable for all streams.
 
     Args:
-        stacked: V tensors [S + 1, ...] (global).
+        flat: V tensors [S + 1, n_v] (global).
+        shapes: the V variables' shapes.
         layer_ids: python list of V ints, the mixing layer (group) of each variable.
         num_layers: L.
     """
 
-    def __init__(self, stacked, layer_ids, num_layers: int):
-        self.stacked = list(stacked)
+    def __init__(self, flat, shapes, layer_ids, num_layers: int):
+        self.flat = list(flat)
+        self.shapes = list(shapes)
         self.layer_ids = list(layer_ids)
         self.num_layers = int(num_layers)
+
+    def _row(self, row: int) -> list:
+        return [tf.reshape(flat[row], shape) for flat, shape in zip(self.flat, self.shapes)]
 
     @functools.cached_property
     def streams(self):
         """S lists of V gradients (for the rules that read the gradients themselves)."""
-        count = int(self.stacked[0].shape[0]) - 1
-        return [[g[s] for g in self.stacked] for s in range(count)]
+        return [self._row(s) for s in range(self.num_streams)]
 
     @functools.cached_property
     def target(self):
-        return [g[-1] for g in self.stacked]
+        return self._row(-1)
 
     @property
     def num_streams(self) -> int:
-        return int(self.stacked[0].shape[0]) - 1
+        return int(self.flat[0].shape[0]) - 1
 
     @functools.cached_property
     def variable_products(self):
         """(dots [S, V], target_sq [V], stream_sq [S, V]), taken once: each variable's
         Gram matrix of its S + 1 gradients, one matmul (a matrix-vector product and a sum
         of squares a variable took about five times the graph ops to trace)."""
-        grams = []
-        for stacked in self.stacked:
-            flat = tf.reshape(tf.cast(stacked, tf.float32), [stacked.shape[0], -1])
-            grams.append(tf.matmul(flat, flat, transpose_b=True))  # [S + 1, S + 1]
-        grams = tf.stack(grams)  # [V, S + 1, S + 1]
+        grams = [tf.matmul(flat, flat, transpose_b=True) for flat in self.flat]  # [S+1, S+1]
+        grams = tf.cast(tf.stack(grams), tf.float32)  # [V, S + 1, S + 1]
         squares = tf.transpose(tf.linalg.diag_part(grams))  # [S + 1, V]
         dots = tf.transpose(grams[:, :-1, -1])  # [S, V]
         return dots, squares[-1], squares[:-1]

@@ -154,12 +154,13 @@ def mix_gradients(stream_grads, weights, layer_ids, target_grads, target_weight=
     return mixed
 
 
-def mix_stacked_gradients(stacked_grads, weights, target_weight=1.0, *, layer_ids):
+def mix_stacked_gradients(flat_grads, shapes, weights, target_weight=1.0, *, layer_ids):
     """Step 5 from stacked gradients: G_v = sum_s w[s, layer(v)] g_s,v + lambda_T g_T,v.
 
     Args:
-        stacked_grads: V tensors [S + 1, ...]: each variable's S stream gradients, then
-            its target gradient.
+        flat_grads: V tensors [S + 1, n_v]: each variable's S stream gradients, then its
+            target gradient, flattened.
+        shapes: the V variables' shapes.
         weights: [S, L] mixing weights.
         target_weight: lambda_T.
         layer_ids: python list of V ints, the layer of each variable.
@@ -171,9 +172,8 @@ def mix_stacked_gradients(stacked_grads, weights, target_weight=1.0, *, layer_id
     target_row = tf.fill([1, len(layer_ids)], tf.cast(target_weight, tf.float32))
     factors = tf.transpose(tf.concat([layer_weights, target_row], 0))  # [V, S + 1]
     mixed = []
-    for factor, stacked in zip(tf.unstack(factors[:, None, :]), stacked_grads):  # [1, S + 1]
-        flat = tf.reshape(stacked, [stacked.shape[0], -1])
-        mixed.append(tf.reshape(tf.matmul(tf.cast(factor, stacked.dtype), flat), stacked.shape[1:]))
+    for factor, flat, shape in zip(tf.unstack(factors[:, None, :]), flat_grads, shapes):
+        mixed.append(tf.reshape(tf.matmul(tf.cast(factor, flat.dtype), flat), shape))
     return mixed
 
 

@@ -381,9 +381,12 @@ class GradMixModel(keras.Model):
                     rho, rho_mean, self.options.r_min, self.options.r_max
                 )
             )
-        # All made in this branch of the `tf.cond`: the optimizer's all-reduce fails
-        # on a mix of outer tensors and branch tensors (a head shared by two sources).
-        grads = guard.rescale([tf.identity(g) for g in grads])
+        if tf.distribute.has_strategy():
+            # All made here (in a `tf.cond`'s branch, as the update may be): the optimizer's
+            # all-reduce fails on a mix of outer tensors and branch tensors (a head shared
+            # by two sources).
+            grads = [tf.identity(g) for g in grads]
+        grads = guard.rescale(grads)
         self.optimizer.apply(grads, variables)
         self.mixing_weights.assign(mixing_weights)
         self.rule.assign_state(rule_state)

@@ -155,8 +155,9 @@ class Gradients:
 
     Attributes:
         losses: each batch's loss (the global-batch mean, times the replicas).
-        stacked_grads: V tensors [batches, ...]: each variable of the target's path, its
-            gradient from each batch (float32, unscaled; zeros where a batch has none).
+        stacked_grads: V tensors [batches, n_v]: each variable of the target's path, its
+            gradient from each batch, flattened (float32, unscaled; zeros where a batch
+            has none).
         own_grads: each batch's gradients on its own head and label adapter.
     """
 
@@ -252,11 +253,12 @@ class JointPass:
                 return tf.zeros_like(variable)
             return tf.cast(tf.add_n(grads), variable.dtype)
 
-        def stacked(variable):
+        def stacked(variable):  # [batches, n_v]
             totals = [tf.cast(g, variable.dtype) for g in whole.get(id(variable), [])]
             if id(variable) in parts or not totals:
                 totals.append(tf.stack([batch_grad(variable, b) for b in range(len(batches))]))
-            return tf.reshape(tf.add_n(totals), [len(batches), *variable.shape])
+            total = totals[0] if len(totals) == 1 else tf.add_n(totals)
+            return tf.reshape(total, [len(batches), -1])
 
         path_grads = guard.unscale([stacked(v) for v in network.path_variables])
         own_grads = []

@@ -117,13 +117,18 @@ class OnePassPasses(StoredPasses):
         result = self.joint_pass.gradients([*streams, target], step.guard)
         if result is None:
             return super().run(step, streams, target)
+        shapes = [v.shape for v in step.network.path_variables]
         gradients = StackedStreamGradients(
             distribute.all_reduce_sum(result.stacked_grads),
+            shapes,
             step.mixing_layer_ids,
             step.num_mixing_layers,
         )
-        mix = functools.partial(
-            weights.mix_stacked_gradients, result.stacked_grads, layer_ids=step.mixing_layer_ids
+        mix = functools.partial(  # the local gradients: the optimizer all-reduces the mix
+            weights.mix_stacked_gradients,
+            result.stacked_grads,
+            shapes,
+            layer_ids=step.mixing_layer_ids,
         )
         losses = list(result.losses)
         return StepGradients(losses[:-1], result.own_grads[:-1], losses[-1], gradients, mix)
