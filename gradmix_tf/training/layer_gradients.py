@@ -241,9 +241,9 @@ class KernelRule(LayerRule):
         return None
 
 
-def _native_2d(layer, inputs):
-    """The strides of TensorFlow's native 2D operations for a channels-last 2D layer of
-    dilation 1 and "same" or "valid" padding, or None for any other layer."""
+def _native_filter_gradient(backprop, layer, inputs, grads, kernel):
+    """The kernel's gradient by TensorFlow's native 2D filter-gradient op `backprop`, for a
+    channels-last 2D layer of dilation 1 and "same" or "valid" padding; else None."""
     if (
         inputs.shape.rank != 4
         or layer.data_format != "channels_last"
@@ -251,7 +251,13 @@ def _native_2d(layer, inputs):
         or layer.padding not in ("same", "valid")
     ):
         return None
-    return [1, *layer.strides, 1]
+    return backprop(
+        input=inputs,
+        filter_sizes=kernel.shape,
+        out_backprop=grads,
+        strides=[1, *layer.strides, 1],
+        padding=layer.padding.upper(),
+    )
 
 
 class DenseRule(KernelRule):
@@ -267,15 +273,10 @@ class ConvRule(KernelRule):
         return layer.convolution_op(inputs, kernel)
 
     def filter_gradient(self, layer, inputs, grads, kernel):
-        strides = _native_2d(layer, inputs)
-        if strides is None or layer.groups != 1:
+        if layer.groups != 1:
             return None
-        return tf.raw_ops.Conv2DBackpropFilter(
-            input=inputs,
-            filter_sizes=kernel.shape,
-            out_backprop=grads,
-            strides=strides,
-            padding=layer.padding.upper(),
+        return _native_filter_gradient(
+            tf.raw_ops.Conv2DBackpropFilter, layer, inputs, grads, kernel
         )
 
     def pointwise(self, layer):
@@ -299,16 +300,8 @@ class DepthwiseConvRule(KernelRule):
         )
 
     def filter_gradient(self, layer, inputs, grads, kernel):
-        strides = _native_2d(layer, inputs)
-        if strides is None:
-            return None
-        return tf.raw_ops.DepthwiseConv2dNativeBackpropFilter(
-            input=inputs,
-            filter_sizes=kernel.shape,
-            out_backprop=grads,
-            strides=strides,
-            padding=layer.padding.upper(),
-        )
+        backprop = tf.raw_ops.DepthwiseConv2dNativeBackpropFilter
+        return _native_filter_gradient(backprop, layer, inputs, grads, kernel)
 
 
 class NormalizationRule(LayerRule):
