@@ -41,15 +41,16 @@ class Scale(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="test_one_pass")
 class ImageTrunk(keras.Model):
     """Every layer kind of images: convolutions (3x3, depthwise, 1x1), batch normalisation
-    in inference mode (or training mode: `batch_norm_training`), Dense, LayerNormalization
-    and a layer of the generic rule."""
+    in inference mode (or training mode: `batch_norm_training`) over the channels (or
+    another axis: `batch_norm_axis`), Dense, LayerNormalization and a layer of the generic
+    rule."""
 
-    def __init__(self, batch_norm_training=False, **kwargs):
+    def __init__(self, batch_norm_training=False, batch_norm_axis=-1, **kwargs):
         super().__init__(**kwargs)
         self.batch_norm_training = batch_norm_training
         self.conv = keras.layers.Conv2D(4, 3, activation="relu", name="conv")
         self.depthwise = keras.layers.DepthwiseConv2D(3, strides=2, padding="same", name="dw")
-        self.bn = keras.layers.BatchNormalization(momentum=0.5, name="bn")
+        self.bn = keras.layers.BatchNormalization(axis=batch_norm_axis, momentum=0.5, name="bn")
         self.pointwise = keras.layers.Conv2D(6, 1, activation="relu", name="pointwise")
         self.flatten = keras.layers.Flatten()
         self.dense = keras.layers.Dense(8, activation="tanh", name="dense")
@@ -94,9 +95,13 @@ TRUNKS = {
 }
 
 
-def make_model(gradient_memory, trunk="image", seed=0, **options) -> GradMixModel:
+def make_model(
+    gradient_memory, trunk="image", seed=0, batch_norm_axis=-1, **options
+) -> GradMixModel:
     build_trunk, input_shape = TRUNKS[trunk]
     keras.utils.set_random_seed(seed)
+    if batch_norm_axis != -1:
+        build_trunk = lambda: ImageTrunk(batch_norm_axis=batch_norm_axis, name="trunk")  # noqa: E731
     trunk_layer = build_trunk()
     trunk_layer(tf.zeros((1, *input_shape), "int32" if trunk == "tokens" else "float32"))
     model = GradMixModel(
@@ -232,22 +237,29 @@ def test_one_pass_gives_the_stored_step(options):
     assert float(tf.math.reduce_std(stored.mixing_weights)) > 0.01
 
 
-@pytest.mark.parametrize("dynamic_sizes", [False, True], ids=["at_once", "a_call_a_stream"])
-def test_batch_norm_in_training_mode_normalises_each_stream_on_its_own(dynamic_sizes):
+@pytest.mark.parametrize(
+    "dynamic_sizes, axis",
+    [(False, -1), (True, -1), (False, 1)],
+    ids=["at_once", "a_call_a_stream", "at_once_axis_1"],
+)
+def test_batch_norm_in_training_mode_normalises_each_stream_on_its_own(dynamic_sizes, axis):
     """As in one pass a stream: each stream's rows normalised with their own batch's
     moments, the moving statistics updated once a stream in the streams' order. The
     gradients, their products, the mixed gradient and the moving statistics equal those of
     "store", to 1e-5, whether the streams' batches are normalised at once (sizes known
-    when traced) or by one call of the layer a stream; and so do three whole steps."""
-    stored, joint = make_model("store"), make_model("one_pass")
+    when traced; over the channels or another axis) or by one call of the layer a stream;
+    and so do three whole steps."""
+    stored = make_model("store", batch_norm_axis=axis)
+    joint = make_model("one_pass", batch_norm_axis=axis)
     for model in (stored, joint):
         model.trunk.batch_norm_training = True
     bn = joint.trunk.bn
     batch = batch_for("image", seed=2)
     streams, target = joint._stream_batches(batch)
     inputs = tf.concat([b.x for b in [*streams, target]], axis=0)
+    normalised = joint.trunk.depthwise(joint.trunk.conv(inputs))
     joint_training_mean = 0.5 * bn.moving_mean.numpy() + 0.5 * tf.reduce_mean(
-        joint.trunk.depthwise(joint.trunk.conv(inputs)), axis=[0, 1, 2]
+        normalised, axis=[a for a in range(4) if a != axis % 4]
     )
     mixing_weights = tf.constant(
         np.random.default_rng(3).uniform(size=(3, joint.num_mixing_layers)), tf.float32

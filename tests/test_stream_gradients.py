@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from gradmix_tf.mixing import adaptive_lr, weights
-from gradmix_tf.mixing.stream_gradients import StreamGradients
+from gradmix_tf.mixing import weights
+from gradmix_tf.mixing.stream_gradients import StackedStreamGradients, StreamGradients
 
 SHAPES = ((3, 2), (2,), (4,))
 LAYER_IDS = [0, 0, 1]  # variables 0 and 1 are one layer
@@ -45,20 +45,28 @@ def test_products_are_taken_once():
     assert gradients.variable_products is gradients.variable_products
 
 
+@pytest.mark.parametrize("stacked", [False, True], ids=["stored", "stacked"])
 @pytest.mark.parametrize("num_streams", [0, 1, 3])
-def test_rho_equals_the_cosine_of_the_mixed_gradient(num_streams):
+def test_rho_equals_the_cosine_of_the_mixed_gradient(num_streams, stacked):
+    """rho from the products and G's squares, and from stacked gradients' Gram matrices
+    alone."""
     streams, target = random_gradients(num_streams, seed=1)
     mixing_weights = tf.constant(
         np.random.default_rng(2).uniform(-0.5, 1.0, size=(num_streams, 2)), tf.float32
     )
     gradients = StreamGradients(streams, target, LAYER_IDS, 2)
+    if stacked:
+        flat = [
+            tf.stack([tf.reshape(g[v], [-1]) for g in [*streams, target]])
+            for v in range(len(SHAPES))
+        ]
+        gradients = StackedStreamGradients(flat, SHAPES, LAYER_IDS, 2)
     mixed = weights.mix_gradients(streams, mixing_weights, LAYER_IDS, target, 0.7)
-    rho = adaptive_lr.batch_importance_from_products(
-        mixed, *gradients.mixed_target_product(mixing_weights, 0.7)
-    )
+    rho = gradients.batch_importance(mixed, mixing_weights, 0.7)
     flat_mixed = np.concatenate([np.ravel(m) for m in mixed])
     flat_target = np.concatenate([np.ravel(t) for t in target])
     cosine = flat_mixed @ flat_target / np.linalg.norm(flat_mixed) / np.linalg.norm(flat_target)
-    np.testing.assert_allclose(rho, max(cosine, 0.0), rtol=1e-5, atol=1e-6)
+    assert cosine > 0.1
+    np.testing.assert_allclose(rho, cosine, rtol=1e-5, atol=1e-6)
     norms = [sum(float(tf.reduce_sum(g * g)) for g in gs) for gs in [*streams, target]]
     np.testing.assert_allclose(gradients.squared_norms(), norms, rtol=1e-6)

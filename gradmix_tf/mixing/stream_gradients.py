@@ -11,7 +11,8 @@ the first time one of them asks; the others read them:
 
 and rho's <G, g_T> = sum_l (sum_s w[s, l] dots_l[s, l] + lambda_T target_sq_l) is
 made from them, so only |G|^2 takes another pass over the gradients
-(`mixed_target_product`, `adaptive_lr.batch_importance_from_products`).
+(`batch_importance`; from stacked gradients, whose products are every pair's, |G|^2
+is made from the products too).
 
 Every pass over the gradients reads (S + 1) x the target path's size from
 memory (ResNet50: about 90 MiB a gradient copy); it grows with the number of
@@ -27,7 +28,8 @@ import functools
 
 import tensorflow as tf
 
-from gradmix_tf.mixing import weights
+from gradmix_tf import distribute
+from gradmix_tf.mixing import adaptive_lr, weights
 
 
 class StreamGradients:
@@ -81,6 +83,19 @@ class StreamGradients:
         target_total = tf.reduce_sum(target_sq)
         stream_part = tf.reduce_sum(tf.cast(mixing_weights, tf.float32) * dots)
         return stream_part + tf.cast(target_weight, tf.float32) * target_total, target_total
+
+    def batch_importance(self, mixed, mixing_weights, target_weight):
+        """rho = max(cos(G, g_T), 0) (step 6): <G, g_T> from the products, |G|^2 from G.
+
+        Args:
+            mixed: the local mixed gradient G [V] (all-reduced here).
+            mixing_weights: [S, L].
+            target_weight: lambda_T.
+        """
+        return adaptive_lr.batch_importance_from_products(
+            distribute.all_reduce_sum(mixed),
+            *self.mixed_target_product(mixing_weights, target_weight),
+        )
 
 
 class StreamProducts(StreamGradients):
@@ -138,12 +153,28 @@ class StackedStreamGradients(StreamGradients):
         return int(self.flat[0].shape[0]) - 1
 
     @functools.cached_property
+    def grams(self):
+        """[V, S + 1, S + 1]: each variable's Gram matrix of its S + 1 gradients, one matmul
+        (a matrix-vector product and a sum of squares a variable took about five times the
+        graph ops to trace)."""
+        grams = [tf.matmul(flat, flat, transpose_b=True) for flat in self.flat]
+        return tf.cast(tf.stack(grams), tf.float32)
+
+    @functools.cached_property
     def variable_products(self):
-        """(dots [S, V], target_sq [V], stream_sq [S, V]), taken once: each variable's
-        Gram matrix of its S + 1 gradients, one matmul (a matrix-vector product and a sum
-        of squares a variable took about five times the graph ops to trace)."""
-        grams = [tf.matmul(flat, flat, transpose_b=True) for flat in self.flat]  # [S+1, S+1]
-        grams = tf.cast(tf.stack(grams), tf.float32)  # [V, S + 1, S + 1]
-        squares = tf.transpose(tf.linalg.diag_part(grams))  # [S + 1, V]
-        dots = tf.transpose(grams[:, :-1, -1])  # [S, V]
+        """(dots [S, V], target_sq [V], stream_sq [S, V]), from the Gram matrices."""
+        squares = tf.transpose(tf.linalg.diag_part(self.grams))  # [S + 1, V]
+        dots = tf.transpose(self.grams[:, :-1, -1])  # [S, V]
         return dots, squares[-1], squares[:-1]
+
+    def batch_importance(self, mixed, mixing_weights, target_weight):
+        """rho = max(cos(G, g_T), 0) (step 6), all from the Gram matrices: |G_v|^2 =
+        f_v' Gram_v f_v for G_v = f_v' [g_1,v; ...; g_S,v; g_T,v] (f_v: the layer's
+        weights, then lambda_T), so no pass over G (`mixed` is not read). It rounds
+        otherwise than a sum over G's squares, and where G nearly cancels (|G|^2 far
+        below the terms' squares) it is less precise; it is at least 0."""
+        del mixed
+        factors = weights.stacked_factors(mixing_weights, target_weight, self.layer_ids)
+        mixed_sq = tf.maximum(tf.einsum("vs,vst,vt->", factors, self.grams, factors), 0.0)
+        dot, target_sq = self.mixed_target_product(mixing_weights, target_weight)
+        return adaptive_lr.clipped_cosine(dot, mixed_sq, target_sq)

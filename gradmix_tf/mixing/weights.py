@@ -154,6 +154,14 @@ def mix_gradients(stream_grads, weights, layer_ids, target_grads, target_weight=
     return mixed
 
 
+def stacked_factors(weights, target_weight, layer_ids):
+    """[V, S + 1] (float32): each variable's factors of its S stream gradients and its
+    target gradient in the mixed gradient, w[s, layer(v)] then lambda_T."""
+    layer_weights = tf.gather(tf.cast(weights, tf.float32), layer_ids, axis=1)  # [S, V]
+    target_row = tf.fill([1, len(layer_ids)], tf.cast(target_weight, tf.float32))
+    return tf.transpose(tf.concat([layer_weights, target_row], 0))
+
+
 def mix_stacked_gradients(flat_grads, shapes, weights, target_weight=1.0, *, layer_ids):
     """Step 5 from stacked gradients: G_v = sum_s w[s, layer(v)] g_s,v + lambda_T g_T,v.
 
@@ -168,9 +176,7 @@ def mix_stacked_gradients(flat_grads, shapes, weights, target_weight=1.0, *, lay
     Returns:
         a list of V mixed gradients.
     """
-    layer_weights = tf.gather(tf.cast(weights, tf.float32), layer_ids, axis=1)  # [S, V]
-    target_row = tf.fill([1, len(layer_ids)], tf.cast(target_weight, tf.float32))
-    factors = tf.transpose(tf.concat([layer_weights, target_row], 0))  # [V, S + 1]
+    factors = stacked_factors(weights, target_weight, layer_ids)
     mixed = []
     for factor, flat, shape in zip(tf.unstack(factors[:, None, :]), flat_grads, shapes):
         mixed.append(tf.reshape(tf.matmul(tf.cast(factor, flat.dtype), flat), shape))

@@ -9,28 +9,28 @@ joint weight gradient split among the streams (`gradient_memory="one_pass"`,
 `training.one_pass`).
 
 A `LayerRule` runs a layer's forward pass for the recording (`call`: the layer's own
-computation, plus a zero "probe" added where the needed output gradient is taken, so
-the backward pass gives it as the probe's gradient) and turns what it recorded and
-that output gradient into each stream's gradients of the layer's own variables
-(`gradients`). The rules, by layer type (`rule_for`):
+computation, with the tensor where the needed output gradient is taken watched by the
+recording tape, so the backward pass gives that gradient too) and turns what it
+recorded and that output gradient into each stream's gradients of the layer's own
+variables, flattened (`gradients`). The rules, by layer type (`rule_for`):
 
-- Dense, Conv1D/2D/3D (not causal), DepthwiseConv2D: the probe sits before the bias
-  and the activation; the kernel's gradient is, for a Dense layer or a 1x1 convolution
-  of stride 1 with the streams' batches of one static size, one batched matmul of the
-  streams' rows of the input and of the output gradient, and otherwise the
-  vector-Jacobian product of the layer's own linear operation (`ops.matmul`,
-  `convolution_op`, `ops.depthwise_conv`) on each stream's rows (the operation's
-  forward result is unused and pruned from the graph); the bias's, the output gradient
-  summed over the stream's rows.
+- Dense, Conv1D/2D/3D (not causal), DepthwiseConv2D: the watched tensor is the output
+  before the bias and the activation; the kernel's gradient is, for a Dense layer or a
+  1x1 convolution of stride 1 with the streams' batches of one static size, one batched
+  matmul of the streams' rows of the input and of the output gradient, and otherwise
+  the vector-Jacobian product of the layer's own linear operation (`ops.matmul`,
+  `convolution_op`, `ops.depthwise_conv`; for 2D convolutions TensorFlow's filter
+  gradient op) on each stream's rows; the bias's, the output gradient summed over the
+  stream's rows.
 - BatchNormalization (no renorm, not synchronised, no mask), LayerNormalization (no
-  `rms_scaling`): the probe sits at the output; scale and offset take the sums of
+  `rms_scaling`): the watched tensor is the output; scale and offset take the sums of
   (output gradient x normalised input) and of the output gradient over the stream's
   rows, the input normalised with the statistics the layer used (in training mode,
   batch normalisation runs on each stream's rows on its own, with their own moments,
   as one pass a stream does; the moving ones in inference mode).
 - Embedding: the output gradient's rows scattered to the stream's ids.
-- Any other layer that owns trainable variables (`VectorJacobianRule`): the probe
-  sits at the output, and each stream's gradient is the layer's vector-Jacobian
+- Any other layer that owns trainable variables (`VectorJacobianRule`): the watched
+  tensor is the output, and each stream's gradient is the layer's vector-Jacobian
   product with the output gradient masked to the stream's rows: exact for any layer,
   at one backward pass of that layer a stream.
 
@@ -59,9 +59,9 @@ class LayerCall:
         segments: the step's batch indices (streams, then the target) whose rows
             the call's inputs hold, in order.
         sizes: the number of rows of each segment (ints where static, else scalar tensors).
-        probe: the zero tensor whose gradient is the output gradient the rule needs.
+        watched: the tensor whose gradient is the output gradient the rule needs.
         inputs: the call's first input (in the layer's compute dtype).
-        output: the layer's output before the probe (the generic rule's product).
+        output: the layer's output (the generic rule's product).
         saved: what the rule keeps of the forward pass (a kernel, the statistics).
         tape: the tape recording the pass.
     """
@@ -71,23 +71,37 @@ class LayerCall:
     segments: tuple
     sizes: tuple
     tape: tf.GradientTape
-    probe: tf.Tensor | None = None
+    watched: tf.Tensor | None = None
     inputs: tf.Tensor | None = None
     output: tf.Tensor | None = None
     saved: dict = dataclasses.field(default_factory=dict)
 
 
-def _probed(value, record: LayerCall):
-    """`value` plus a zero probe, watched by the recording tape."""
-    record.probe = tf.zeros_like(value)
-    record.tape.watch(record.probe)
-    return value + record.probe
+def _watched(value, record: LayerCall):
+    """`value`, watched by the recording tape: the backward pass gives its gradient."""
+    record.watched = value
+    record.tape.watch(value)
+    return value
 
 
 def _static_sizes(record: LayerCall) -> list[int] | None:
     """The segments' sizes as ints, or None when one is known only as the step runs."""
     sizes = [tf.get_static_value(n) for n in record.sizes]
     return None if any(n is None for n in sizes) else [int(n) for n in sizes]
+
+
+def _flat(stacked, count: int):
+    """[segments, n]: each segment's gradient [segments, *variable shape], flattened."""
+    return stacked if stacked.shape.rank == 2 else tf.reshape(stacked, [count, -1])
+
+
+def _grouped(tensor, record: LayerCall):
+    """[segments, rows x positions, channels]: a channels-last tensor's rows by segment,
+    where the segments are of one static size (else None)."""
+    sizes = _static_sizes(record)
+    if sizes is None or len(set(sizes)) != 1 or tensor.shape[-1] is None:
+        return None
+    return tf.reshape(tensor, [len(sizes), -1, tensor.shape[-1]])
 
 
 def _split(tensor, record: LayerCall) -> list:
@@ -132,12 +146,12 @@ class LayerRule:
         raise NotImplementedError
 
     def gradients(self, record: LayerCall, output_gradient) -> dict:
-        """{variable id: [segments, *variable shape]}: each segment's gradient of each of
-        the layer's own variables.
+        """{variable id: [segments, n_v]}: each segment's gradient of each of the layer's
+        own variables, flattened.
 
         Args:
             record: the call.
-            output_gradient: the gradient of the loss at `record.probe`.
+            output_gradient: the gradient of the loss at `record.watched`.
         """
         raise NotImplementedError
 
@@ -150,7 +164,7 @@ class VectorJacobianRule(LayerRule):
         if not tf.is_tensor(output) or output.shape.rank in (None, 0):
             raise UnsupportedCall(f"{layer.name} returns {type(output).__name__}, not one tensor")
         record.output = output
-        return _probed(output, record)
+        return _watched(output, record)
 
     def gradients(self, record, output_gradient):
         variables, tape = _own_variables(record.layer), record.tape
@@ -167,7 +181,8 @@ class VectorJacobianRule(LayerRule):
                     unconnected_gradients=tf.UnconnectedGradients.ZERO,
                 )
             )
-        return {id(v): tf.stack(grads) for v, grads in zip(variables, zip(*segments))}
+        count = len(record.sizes)
+        return {id(v): _flat(tf.stack(grads), count) for v, grads in zip(variables, zip(*segments))}
 
 
 class UnsupportedCall(Exception):
@@ -189,7 +204,7 @@ class KernelRule(LayerRule):
     def call(self, layer, record, original, args, kwargs):
         inputs = args[0]
         kernel = tf.convert_to_tensor(layer.kernel)  # in the compute dtype (autocast)
-        outputs = _probed(self.linear(layer, inputs, kernel), record)
+        outputs = _watched(self.linear(layer, inputs, kernel), record)
         record.inputs, record.saved["kernel"] = inputs, kernel
         if layer.bias is not None:
             shape = self.bias_shape(layer, outputs.shape.rank)
@@ -204,26 +219,31 @@ class KernelRule(LayerRule):
         return False
 
     def gradients(self, record, output_gradient):
-        layer = record.layer
+        layer, count = record.layer, len(record.sizes)
         rank = output_gradient.shape.rank
-        channel = 1 if self.bias_shape(layer, rank) is not None else rank - 1
-        result = {id(layer.kernel): self.kernel_gradients(record, output_gradient)}
-        if layer.bias is not None:
-            rows = tf.reduce_sum(output_gradient, axis=[a for a in range(1, rank) if a != channel])
-            result[id(layer.bias)] = _row_sums(rows, record)
+        channels_last = self.bias_shape(layer, rank) is None
+        grouped = _grouped(output_gradient, record) if channels_last else None
+        kernel = self.kernel_gradients(record, output_gradient, grouped)
+        result = {id(layer.kernel): _flat(kernel, count)}
+        if layer.bias is None:
+            return result
+        if grouped is not None:  # [segments, rows x positions, channels]
+            result[id(layer.bias)] = tf.reduce_sum(grouped, axis=1)
+            return result
+        channel = rank - 1 if channels_last else 1
+        rows = tf.reduce_sum(output_gradient, axis=[a for a in range(1, rank) if a != channel])
+        result[id(layer.bias)] = _row_sums(rows, record)
         return result
 
-    def kernel_gradients(self, record, output_gradient):
-        """[segments, *kernel shape]: one matmul of the segments stacked where the kernel is
-        pointwise and the segments are of one static size, else the vector-Jacobian
+    def kernel_gradients(self, record, output_gradient, grouped=None):
+        """[segments, *kernel shape] (or [segments, in, out]): one matmul of the segments
+        stacked where the kernel is pointwise and the segments are of one static size
+        (`grouped`: the output gradient's rows by segment), else the vector-Jacobian
         product of the layer's linear operation on each segment's rows."""
         layer, kernel = record.layer, record.saved["kernel"]
-        count, sizes = len(record.sizes), {tf.get_static_value(n) for n in record.sizes}
-        if self.pointwise(layer) and len(sizes) == 1 and None not in sizes:
-            inputs = tf.reshape(record.inputs, [count, -1, record.inputs.shape[-1]])
-            grads = tf.reshape(output_gradient, [count, -1, output_gradient.shape[-1]])
-            stacked = tf.matmul(inputs, grads, transpose_a=True)  # [segments, in, out]
-            return tf.reshape(stacked, [count, *kernel.shape])
+        if self.pointwise(layer) and grouped is not None:
+            inputs = _grouped(record.inputs, record)
+            return tf.matmul(inputs, grouped, transpose_a=True)  # [segments, in, out]
         segments = []
         for inputs, grads in zip(_split(record.inputs, record), _split(output_gradient, record)):
             grad = self.filter_gradient(layer, inputs, grads, kernel)
@@ -319,7 +339,7 @@ class NormalizationRule(LayerRule):
             raise UnsupportedCall(f"{layer.name} is called with a mask")
         record.inputs = args[0]
         outputs, record.saved["statistics"] = self.forward(layer, record, original, args, kwargs)
-        return _probed(outputs, record)
+        return outputs if record.watched is not None else _watched(outputs, record)
 
     def scale_rows(self, record, grads, summed):
         """[N, parameter shape] each row's sum of (output gradient x normalised input)."""
@@ -338,9 +358,9 @@ class NormalizationRule(LayerRule):
             parameters.append((layer.gamma, self.scale_rows(record, grads, summed)))
         if layer.center:
             parameters.append((layer.beta, tf.reduce_sum(grads, axis=summed)))
+        count = len(record.sizes)
         return {  # rows: [N, parameter shape]
-            id(variable): tf.reshape(_row_sums(rows, record), [-1, *variable.shape])
-            for variable, rows in parameters
+            id(variable): _flat(_row_sums(rows, record), count) for variable, rows in parameters
         }
 
 
@@ -349,7 +369,8 @@ class BatchNormalizationRule(NormalizationRule):
     pass a stream: normalised with their own batch's moments, which update the moving
     statistics one segment after another (in the streams' order, the target's last). The
     statistics kept are the moments of each row's segment ([N, C]), or the moving ones
-    ([1, C]) in inference mode."""
+    ([1, C]) in inference mode; for segments of one static size in training mode, the
+    input and its moments grouped by segment (`segments_at_once`)."""
 
     def parameter_axes(self, layer, rank):
         return [layer.axis % rank]
@@ -385,30 +406,54 @@ class BatchNormalizationRule(NormalizationRule):
     def segments_at_once(self, layer, inputs, record):
         """`forward` for segments of one static size, in one set of operations: the
         layer's own computation (its moments, `tf.nn.batch_normalization`) on the input
-        grouped [segments, rows, ...], and the moving statistics as the layer's updates
-        of one call a segment leave them, in one assignment each (one call a segment
-        costs the layer's operations K + 1 times over in the graph)."""
-        count, rank = len(record.sizes), inputs.shape.rank
-        axis = layer.axis % rank
+        grouped [segments, rows x ..., channels(, positions after the channel axis)], and
+        the moving statistics as the layer's updates of one call a segment leave them, in
+        one assignment each (one call a segment costs the layer's operations K + 1 times
+        over in the graph). Keeps the grouped input and moments for `gradients`."""
+        count, shape = len(record.sizes), inputs.shape
+        axis = layer.axis % shape.rank
+        after = int(np.prod(shape[axis + 1 :]))
+        grouped_shape = [count, -1, shape[axis]] + ([after] if after > 1 else [])
+        reduced = [1, 3] if after > 1 else [1]
         inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
-        grouped = tf.reshape(inputs, [count, -1, *inputs.shape[1:]])
-        reduced = [a + 1 for a in range(rank) if a != axis]
+        grouped = tf.reshape(inputs, grouped_shape)
         mean, variance = ops.moments(grouped, axes=reduced, keepdims=True)
-        shape = [1] * (rank + 1)
-        shape[axis + 1] = -1
-        gamma = tf.reshape(ops.cast(layer.gamma, inputs.dtype), shape) if layer.scale else None
-        beta = tf.reshape(ops.cast(layer.beta, inputs.dtype), shape) if layer.center else None
+        gamma, beta = (
+            None if variable is None else ops.cast(variable, inputs.dtype)
+            for variable in (
+                layer.gamma if layer.scale else None,
+                layer.beta if layer.center else None,
+            )
+        )
+        if after > 1:
+            gamma, beta = (v if v is None else tf.reshape(v, [-1, 1]) for v in (gamma, beta))
         outputs = tf.nn.batch_normalization(grouped, mean, variance, beta, gamma, layer.epsilon)
-        outputs = ops.cast(tf.reshape(outputs, tf.shape(inputs)), layer.compute_dtype)
-        means, variances = tf.reshape(mean, [count, -1]), tf.reshape(variance, [count, -1])
+        outputs = tf.reshape(_watched(outputs, record), [-1, *shape[1:]])  # (watched grouped)
+        outputs = ops.cast(outputs, layer.compute_dtype)
         # m <- m * momentum + mean_s * (1 - momentum), for s = 1..count: in closed form.
         momentum = layer.momentum
         shares = [(1.0 - momentum) * momentum ** (count - 1 - s) for s in range(count)]
-        for moving, batch in ((layer.moving_mean, means), (layer.moving_variance, variances)):
-            value = ops.cast(moving, inputs.dtype) * momentum**count
-            moving.assign(value + tf.linalg.matvec(batch, shares, transpose_a=True))
-        ids = _segment_ids(record)
-        return outputs, (tf.gather(means, ids), tf.gather(variances, ids))
+        shares = tf.constant(shares, inputs.dtype, shape=[count] + [1] * (len(grouped_shape) - 1))
+        for moving, batch in ((layer.moving_mean, mean), (layer.moving_variance, variance)):
+            update = tf.reduce_sum(batch * shares, axis=[0, *reduced])  # [C]
+            moving.assign(ops.cast(moving, inputs.dtype) * momentum**count + update)
+        record.saved["grouped"] = (reduced, grouped, mean, variance)
+        return outputs, None
+
+    def gradients(self, record, output_gradient):
+        if "grouped" not in record.saved:
+            return super().gradients(record, output_gradient)
+        # (the output gradient at the grouped output, float32)
+        reduced, inputs, mean, variance = record.saved["grouped"]
+        layer, count, grads = record.layer, len(record.sizes), output_gradient
+        result = {}
+        if layer.scale:
+            sums = tf.reduce_sum(grads * (inputs - mean), axis=reduced)  # [segments, C]
+            inverse = tf.math.rsqrt(tf.reshape(variance, [count, -1]) + layer.epsilon)
+            result[id(layer.gamma)] = sums * inverse
+        if layer.center:
+            result[id(layer.beta)] = tf.reduce_sum(grads, axis=reduced)
+        return result
 
     def scale_rows(self, record, grads, summed):
         # The inverse standard deviation is one a channel (and row): applied to the sums.
@@ -437,7 +482,7 @@ class LayerNormalizationRule(NormalizationRule):
 class EmbeddingRule(LayerRule):
     def call(self, layer, record, original, args, kwargs):
         record.inputs = args[0]
-        return _probed(original(*args, **kwargs), record)
+        return _watched(original(*args, **kwargs), record)
 
     def gradients(self, record, output_gradient):
         layer = record.layer
@@ -447,7 +492,7 @@ class EmbeddingRule(LayerRule):
             rows = tf.reshape(tf.cast(grads, tf.float32), [-1, width])
             ids = tf.reshape(tf.cast(ids, tf.int32), [-1])
             segments.append(tf.math.unsorted_segment_sum(rows, ids, vocabulary))
-        return {id(layer.embeddings): tf.stack(segments)}
+        return {id(layer.embeddings): _flat(tf.stack(segments), len(segments))}
 
 
 def _plain(layer, cls) -> bool:

@@ -56,7 +56,7 @@ def _unlike_inputs(batches) -> str | None:
 
 
 def _by_batch(calls, output_grads, num_batches: int):
-    """Each variable's gradients from the recorded calls: ({id: [[batches, ...]]} from the
+    """Each variable's flat gradients from the recorded calls: ({id: [[batches, n]]} from the
     calls on every batch, {id: {batch: [gradients]}} from the calls on some)."""
     whole, parts = {}, {}
     every_batch = tuple(range(num_batches))
@@ -99,8 +99,8 @@ def _recorded_call(layer, original):
 
 @contextlib.contextmanager
 def recording(layers, rules: dict, tape: tf.GradientTape):
-    """Records the calls of `layers` in this thread (a `Recorder`) while open, their
-    probes watched by `tape`."""
+    """Records the calls of `layers` in this thread (a `Recorder`) while open, the
+    tensors whose gradients their rules need watched by `tape`."""
     recorder = Recorder(rules, tape)
     with _INSTALL_LOCK:
         for layer in layers:
@@ -213,7 +213,7 @@ class JointPass:
         adapters = [v for a in self.network.label_adapters for v in a.trainable_variables]
         output_grads = tape.gradient(
             scaled_loss,
-            [call.probe for call in calls] + adapters,
+            [call.watched for call in calls] + adapters,
             unconnected_gradients=tf.UnconnectedGradients.ZERO,
         )
         adapter_grads = dict(zip(map(id, adapters), output_grads[len(calls) :]))
@@ -247,18 +247,17 @@ class JointPass:
         zeros where a batch has none), those of the target's path stacked."""
         network = self.network
 
-        def batch_grad(variable, batch):
+        def batch_grad(variable, batch):  # [n_v]
             grads = parts.get(id(variable), {}).get(batch)
             if grads is None:
-                return tf.zeros_like(variable)
+                return tf.zeros([variable.shape.num_elements()], variable.dtype)
             return tf.cast(tf.add_n(grads), variable.dtype)
 
         def stacked(variable):  # [batches, n_v]
             totals = [tf.cast(g, variable.dtype) for g in whole.get(id(variable), [])]
             if id(variable) in parts or not totals:
                 totals.append(tf.stack([batch_grad(variable, b) for b in range(len(batches))]))
-            total = totals[0] if len(totals) == 1 else tf.add_n(totals)
-            return tf.reshape(total, [len(batches), -1])
+            return totals[0] if len(totals) == 1 else tf.add_n(totals)
 
         path_grads = guard.unscale([stacked(v) for v in network.path_variables])
         own_grads = []
@@ -269,7 +268,7 @@ class JointPass:
                     [
                         tf.cast(adapter_grads[id(v)], v.dtype)
                         if id(v) in adapter_grads
-                        else batch_grad(v, b)
+                        else tf.reshape(batch_grad(v, b), v.shape)
                         for v in own
                     ]
                 )
