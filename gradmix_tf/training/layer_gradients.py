@@ -133,7 +133,7 @@ def _row_sums(rows, record: LayerCall):
     return tf.math.segment_sum(rows, _segment_ids(record))
 
 
-def _own_variables(layer) -> list:
+def own_variables(layer) -> list:
     """The trainable variables a layer owns itself (not its sublayers')."""
     return [v for v in layer._trainable_variables if v.trainable] if layer.trainable else []
 
@@ -167,7 +167,7 @@ class VectorJacobianRule(LayerRule):
         return _watched(output, record)
 
     def gradients(self, record, output_gradient):
-        variables, tape = _own_variables(record.layer), record.tape
+        variables, tape = own_variables(record.layer), record.tape
         ids = _segment_ids(record)
         mask_shape = [-1] + [1] * (output_gradient.shape.rank - 1)
         segments = []

@@ -7,7 +7,9 @@ losses gives, at every layer that owns trainable variables, the gradient at its 
 each stream's weight gradient is then the sum over its own rows
 (`training.layer_gradients`: a formula for Dense, convolutions, depthwise convolutions,
 batch and layer normalisation and embeddings, a vector-Jacobian product of the layer on
-the stream's rows for any other layer).
+the stream's rows for any other layer). The pass's tape watches only what that needs
+(the tensors the rules read gradients at, the label adapters, the generic rule's
+layers' variables), so the backward pass takes no weight gradient of its own.
 
 The gradients equal those of one pass a stream wherever no layer mixes the rows of
 different streams. Batch normalisation in training mode does not: it runs on each
@@ -40,6 +42,7 @@ from gradmix_tf.training.layer_gradients import (
     LayerCall,
     UnsupportedCall,
     VectorJacobianRule,
+    own_variables,
     rule_for,
 )
 from gradmix_tf.training.step_context import scaled_mean
@@ -117,12 +120,15 @@ def recording(layers, rules: dict, tape: tf.GradientTape):
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The layers a one-pass step records (`layers`, their `rules` by id), the layers on
-    the generic rule (`generic`), or why the model cannot take one pass (`unsupported`)."""
+    the generic rule (`generic`, their names) and their variables (`generic_variables`,
+    which the recording tape watches), or why the model cannot take one pass
+    (`unsupported`)."""
 
     layers: tuple = ()
     rules: dict = dataclasses.field(default_factory=dict)
     owners: dict = dataclasses.field(default_factory=dict)  # id(variable) -> id(layer)
     generic: tuple = ()
+    generic_variables: tuple = ()
     unsupported: str | None = None
 
 
@@ -142,11 +148,11 @@ def make_plan(network) -> Plan:
     path = network.path_variables
     layers = list({id(owners[id(v)]): owners[id(v)] for v in path + heads}.values())
     rules = {id(layer): rule_for(layer) for layer in layers}
-    generic = tuple(
-        layer.name for layer in layers if isinstance(rules[id(layer)], VectorJacobianRule)
-    )
+    generic = [layer for layer in layers if isinstance(rules[id(layer)], VectorJacobianRule)]
     path_owners = {id(v): id(owners[id(v)]) for v in path}
-    return Plan(tuple(layers), rules, path_owners, generic)
+    generic_variables = tuple(v for layer in generic for v in own_variables(layer))
+    names = tuple(layer.name for layer in generic)
+    return Plan(tuple(layers), rules, path_owners, names, generic_variables)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,9 +203,14 @@ class JointPass:
         `guard`: the step's `StepGuard` (loss scaling)."""
         plan = self.plan()
         unrecordable = plan.unsupported or _unlike_inputs(batches)
+        adapters = [v for a in self.network.label_adapters for v in a.trainable_variables]
+        watched = adapters + list(plan.generic_variables)  # (outside any autocast scope)
         if unrecordable is None:
             try:
-                with tf.GradientTape(persistent=bool(plan.generic)) as tape:
+                with tf.GradientTape(
+                    persistent=bool(plan.generic), watch_accessed_variables=False
+                ) as tape:
+                    tape.watch([v.value for v in watched])  # (and the rules' outputs)
                     per_example, calls = self._forward(plan, batches, tape)
                     losses = [scaled_mean(p, b) for p, b in zip(per_example, batches)]
                     scaled_loss = guard.scale_loss(tf.add_n(losses))
@@ -210,7 +221,6 @@ class JointPass:
             if not plan.unsupported:  # (said once, by `plan`)
                 logging.warning(_FALLBACK, unrecordable)
             return None
-        adapters = [v for a in self.network.label_adapters for v in a.trainable_variables]
         output_grads = tape.gradient(
             scaled_loss,
             [call.watched for call in calls] + adapters,
