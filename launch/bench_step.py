@@ -235,7 +235,7 @@ def format_row(num_sources, method, row, reference_ms) -> str:
     peak_text = "n/a" if peak is None else f"{peak:8.1f}"
     return (
         f"| {num_sources:2d} | {method:8s} | {ms:8.1f} | {per_second:8.0f} | {peak_text:>8s} "
-        f"| {trace:7.1f} | {ms / reference_ms:5.2f} |"
+        f"| {trace:7.2f} | {ms / reference_ms:5.2f} |"
     )
 
 
