@@ -53,6 +53,7 @@ import os
 os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")
 
 import dataclasses  # noqa: E402
+import gc  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -209,6 +210,7 @@ def benchmark(config, num_sources: int, repeats: int, steps: int, warmup: int, j
     device = _device()
     traces = {}
     for method, step in step_functions.items():
+        gc.collect()  # (each method's first step from the same collector state)
         started = time.perf_counter()
         float(step(batches[0])["loss"])  # tracing, graph optimisation and one step
         traces[method] = time.perf_counter() - started

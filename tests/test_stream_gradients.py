@@ -43,6 +43,7 @@ def test_products_are_taken_once():
     streams, target = random_gradients(2)
     gradients = StreamGradients(streams, target, LAYER_IDS, 2)
     assert gradients.variable_products is gradients.variable_products
+    assert gradients.layer_products() is gradients.layer_products()
 
 
 @pytest.mark.parametrize("stacked", [False, True], ids=["stored", "stacked"])

@@ -63,7 +63,12 @@ class StreamGradients:
         return weights.per_variable_products(self.target, self.streams)
 
     def layer_products(self):
-        """(dots [S, L], target_sq [L], stream_sq [S, L]): the products summed per layer."""
+        """(dots [S, L], target_sq [L], stream_sq [S, L]): the products summed per layer,
+        taken once."""
+        return self._layer_products
+
+    @functools.cached_property
+    def _layer_products(self):
         ids = tf.constant(self.layer_ids, tf.int32)
         return tuple(weights.layer_sums(p, ids, self.num_layers) for p in self.variable_products)
 
