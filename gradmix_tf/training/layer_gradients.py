@@ -84,10 +84,18 @@ def _watched(value, record: LayerCall):
     return value
 
 
-def _static_sizes(record: LayerCall) -> list[int] | None:
-    """The segments' sizes as ints, or None when one is known only as the step runs."""
-    sizes = [tf.get_static_value(n) for n in record.sizes]
+def static_sizes(sizes) -> list[int] | None:
+    """Segments' sizes (ints, or scalar tensors) as ints, or None when one is known only as
+    the step runs."""
+    sizes = [tf.get_static_value(n) for n in sizes]
     return None if any(n is None for n in sizes) else [int(n) for n in sizes]
+
+
+def split_rows(tensor, sizes) -> list:
+    """The rows of each of consecutive segments of `sizes` rows (ints, or scalar tensors)."""
+    if len(sizes) == 1:
+        return [tensor]
+    return tf.split(tensor, static_sizes(sizes) or tf.stack(sizes), num=len(sizes))
 
 
 def _flat(stacked, count: int):
@@ -98,24 +106,16 @@ def _flat(stacked, count: int):
 def _grouped(tensor, record: LayerCall):
     """[segments, rows x positions, channels]: a channels-last tensor's rows by segment,
     where the segments are of one static size (else None)."""
-    sizes = _static_sizes(record)
+    sizes = static_sizes(record.sizes)
     if sizes is None or len(set(sizes)) != 1 or tensor.shape[-1] is None:
         return None
     return tf.reshape(tensor, [len(sizes), -1, tensor.shape[-1]])
 
 
-def _split(tensor, record: LayerCall) -> list:
-    """The rows of each segment of a recorded call."""
-    if len(record.sizes) == 1:
-        return [tensor]
-    sizes = _static_sizes(record)
-    return tf.split(tensor, sizes or tf.stack(record.sizes), num=len(record.sizes))
-
-
 def _segment_ids(record: LayerCall):
     """[N] the segment of each row of a recorded call: a constant where the sizes are
     static (`tf.repeat`, traced once a layer, took most of a large model's tracing)."""
-    sizes = _static_sizes(record)
+    sizes = static_sizes(record.sizes)
     if sizes is not None:
         return tf.constant(np.repeat(np.arange(len(sizes), dtype=np.int32), sizes))
     return tf.concat([tf.fill([n], s) for s, n in enumerate(record.sizes)], axis=0)
@@ -126,7 +126,7 @@ def _row_sums(rows, record: LayerCall):
     count = len(record.sizes)
     if count == 1:
         return tf.reduce_sum(rows, axis=0, keepdims=True)
-    sizes = _static_sizes(record)
+    sizes = static_sizes(record.sizes)
     if sizes is not None and len(set(sizes)) == 1 and rows.shape[1:].is_fully_defined():
         # Segments of one size: a reshape.
         return tf.reduce_sum(tf.reshape(rows, [count, sizes[0], *rows.shape[1:]]), axis=1)
@@ -245,7 +245,9 @@ class KernelRule(LayerRule):
             inputs = _grouped(record.inputs, record)
             return tf.matmul(inputs, grouped, transpose_a=True)  # [segments, in, out]
         segments = []
-        for inputs, grads in zip(_split(record.inputs, record), _split(output_gradient, record)):
+        for inputs, grads in zip(
+            split_rows(record.inputs, record.sizes), split_rows(output_gradient, record.sizes)
+        ):
             grad = self.filter_gradient(layer, inputs, grads, kernel)
             if grad is None:
                 with tf.GradientTape() as linear_tape:
@@ -379,7 +381,7 @@ class BatchNormalizationRule(NormalizationRule):
         if not (kwargs.get("training") and layer.trainable):
             statistics = (layer.moving_mean.value[None], layer.moving_variance.value[None])
             return original(*args, **kwargs), statistics
-        sizes, shape = _static_sizes(record), args[0].shape[1:]
+        sizes, shape = static_sizes(record.sizes), args[0].shape[1:]
         if len(record.sizes) > 1 and sizes and len(set(sizes)) == 1 and shape.is_fully_defined():
             return self.segments_at_once(layer, args[0], record)
         moments, thread = [], threading.get_ident()
@@ -393,7 +395,9 @@ class BatchNormalizationRule(NormalizationRule):
 
         vars(layer)["_moments"] = recorded_moments
         try:
-            outputs = [original(rows, *args[1:], **kwargs) for rows in _split(args[0], record)]
+            outputs = [
+                original(rows, *args[1:], **kwargs) for rows in split_rows(args[0], record.sizes)
+            ]
         finally:
             vars(layer).pop("_moments", None)
         means, variances = (tf.stack(m) for m in zip(*moments))  # [segments, C]
@@ -488,7 +492,9 @@ class EmbeddingRule(LayerRule):
         layer = record.layer
         vocabulary, width = layer.embeddings.shape
         segments = []
-        for ids, grads in zip(_split(record.inputs, record), _split(output_gradient, record)):
+        for ids, grads in zip(
+            split_rows(record.inputs, record.sizes), split_rows(output_gradient, record.sizes)
+        ):
             rows = tf.reshape(tf.cast(grads, tf.float32), [-1, width])
             ids = tf.reshape(tf.cast(ids, tf.int32), [-1])
             segments.append(tf.math.unsorted_segment_sum(rows, ids, vocabulary))

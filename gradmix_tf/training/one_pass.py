@@ -44,6 +44,7 @@ from gradmix_tf.training.layer_gradients import (
     VectorJacobianRule,
     own_variables,
     rule_for,
+    split_rows,
 )
 from gradmix_tf.training.step_context import scaled_mean
 
@@ -244,8 +245,7 @@ class JointPass:
         with recording(plan.layers, plan.rules, tape) as recorder:
             recorder.segments, recorder.sizes = tuple(range(len(batches))), sizes
             features = network.trunk(tf.concat([b.x for b in batches], axis=0), training=True)
-            static = all(isinstance(n, int) for n in sizes)
-            parts = tf.split(features, list(sizes) if static else tf.stack(sizes), num=len(batches))
+            parts = split_rows(features, sizes)
             per_example = []
             for i, (batch, part) in enumerate(zip(batches, parts)):
                 recorder.segments, recorder.sizes = (i,), (sizes[i],)
