@@ -63,7 +63,7 @@ def test_rho_equals_the_cosine_of_the_mixed_gradient(num_streams, stacked):
         ]
         gradients = StackedStreamGradients(flat, SHAPES, LAYER_IDS, 2)
     mixed = weights.mix_gradients(streams, mixing_weights, LAYER_IDS, target, 0.7)
-    rho = gradients.batch_importance(mixed, mixing_weights, 0.7)
+    rho = gradients.batch_importance(lambda: mixed, mixing_weights, 0.7)
     flat_mixed = np.concatenate([np.ravel(m) for m in mixed])
     flat_target = np.concatenate([np.ravel(t) for t in target])
     cosine = flat_mixed @ flat_target / np.linalg.norm(flat_mixed) / np.linalg.norm(flat_target)

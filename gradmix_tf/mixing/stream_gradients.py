@@ -28,7 +28,6 @@ import functools
 
 import tensorflow as tf
 
-from gradmix_tf import distribute
 from gradmix_tf.mixing import adaptive_lr, weights
 
 
@@ -89,17 +88,17 @@ class StreamGradients:
         stream_part = tf.reduce_sum(tf.cast(mixing_weights, tf.float32) * dots)
         return stream_part + tf.cast(target_weight, tf.float32) * target_total, target_total
 
-    def batch_importance(self, mixed, mixing_weights, target_weight):
+    def batch_importance(self, global_mixed, mixing_weights, target_weight):
         """rho = max(cos(G, g_T), 0) (step 6): <G, g_T> from the products, |G|^2 from G.
 
         Args:
-            mixed: the local mixed gradient G [V] (all-reduced here).
+            global_mixed: a function giving the global (all-reduced) mixed gradient G [V],
+                called only where |G|^2 is taken from G.
             mixing_weights: [S, L].
             target_weight: lambda_T.
         """
         return adaptive_lr.batch_importance_from_products(
-            distribute.all_reduce_sum(mixed),
-            *self.mixed_target_product(mixing_weights, target_weight),
+            global_mixed(), *self.mixed_target_product(mixing_weights, target_weight)
         )
 
 
@@ -172,13 +171,13 @@ class StackedStreamGradients(StreamGradients):
         dots = tf.transpose(self.grams[:, :-1, -1])  # [S, V]
         return dots, squares[-1], squares[:-1]
 
-    def batch_importance(self, mixed, mixing_weights, target_weight):
+    def batch_importance(self, global_mixed, mixing_weights, target_weight):
         """rho = max(cos(G, g_T), 0) (step 6), all from the Gram matrices: |G_v|^2 =
         f_v' Gram_v f_v for G_v = f_v' [g_1,v; ...; g_S,v; g_T,v] (f_v: the layer's
-        weights, then lambda_T), so no pass over G (`mixed` is not read). It rounds
-        otherwise than a sum over G's squares, and where G nearly cancels (|G|^2 far
-        below the terms' squares) it is less precise; it is at least 0."""
-        del mixed
+        weights, then lambda_T), so no pass over G (`global_mixed` is not called). It
+        rounds otherwise than a sum over G's squares, and where G nearly cancels (|G|^2
+        far below the terms' squares) it is less precise; it is at least 0."""
+        del global_mixed
         factors = weights.stacked_factors(mixing_weights, target_weight, self.layer_ids)
         mixed_sq = tf.maximum(tf.einsum("vs,vst,vt->", factors, self.grams, factors), 0.0)
         dot, target_sq = self.mixed_target_product(mixing_weights, target_weight)

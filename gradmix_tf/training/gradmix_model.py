@@ -308,7 +308,9 @@ class GradMixModel(keras.Model):
             head_grads = [[g * mix.source_head_scale for g in own] for own in head_grads]
         # 6. Adaptive learning rate: rho_t = max(cos(G, g_T), 0) (r_t is set in `_update`),
         #    <G, g_T> from the products.
-        rho = passes.gradients.batch_importance(mixed, mix.weights, mix.target_weight)
+        rho = passes.gradients.batch_importance(
+            lambda: distribute.all_reduce_sum(mixed), mix.weights, mix.target_weight
+        )
         # 7. One optimizer step over every trainable variable (with r_t and w), unless
         #    a stream is not finite.
         grads, variables = self._with_source_heads(mixed, head_grads)

@@ -133,7 +133,7 @@ def _row_sums(rows, record: LayerCall):
     return tf.math.segment_sum(rows, _segment_ids(record))
 
 
-def own_variables(layer) -> list:
+def owned_variables(layer) -> list:
     """The trainable variables a layer owns itself (not its sublayers')."""
     return [v for v in layer._trainable_variables if v.trainable] if layer.trainable else []
 
@@ -167,7 +167,7 @@ class VectorJacobianRule(LayerRule):
         return _watched(output, record)
 
     def gradients(self, record, output_gradient):
-        variables, tape = own_variables(record.layer), record.tape
+        variables, tape = owned_variables(record.layer), record.tape
         ids = _segment_ids(record)
         mask_shape = [-1] + [1] * (output_gradient.shape.rank - 1)
         segments = []
@@ -422,15 +422,13 @@ class BatchNormalizationRule(NormalizationRule):
         inputs = ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         grouped = tf.reshape(inputs, grouped_shape)
         mean, variance = ops.moments(grouped, axes=reduced, keepdims=True)
-        gamma, beta = (
-            None if variable is None else ops.cast(variable, inputs.dtype)
-            for variable in (
-                layer.gamma if layer.scale else None,
-                layer.beta if layer.center else None,
-            )
-        )
-        if after > 1:
-            gamma, beta = (v if v is None else tf.reshape(v, [-1, 1]) for v in (gamma, beta))
+
+        def parameter(variable):  # [C], or [C, 1] before the positions after the channels
+            value = ops.cast(variable, inputs.dtype)
+            return tf.reshape(value, [-1, 1]) if after > 1 else value
+
+        gamma = parameter(layer.gamma) if layer.scale else None
+        beta = parameter(layer.beta) if layer.center else None
         outputs = tf.nn.batch_normalization(grouped, mean, variance, beta, gamma, layer.epsilon)
         outputs = tf.reshape(_watched(outputs, record), [-1, *shape[1:]])  # (watched grouped)
         outputs = ops.cast(outputs, layer.compute_dtype)

@@ -42,7 +42,7 @@ from gradmix_tf.training.layer_gradients import (
     LayerCall,
     UnsupportedCall,
     VectorJacobianRule,
-    own_variables,
+    owned_variables,
     rule_for,
     split_rows,
 )
@@ -151,7 +151,7 @@ def make_plan(network) -> Plan:
     rules = {id(layer): rule_for(layer) for layer in layers}
     generic = [layer for layer in layers if isinstance(rules[id(layer)], VectorJacobianRule)]
     path_owners = {id(v): id(owners[id(v)]) for v in path}
-    generic_variables = tuple(v for layer in generic for v in own_variables(layer))
+    generic_variables = tuple(v for layer in generic for v in owned_variables(layer))
     names = tuple(layer.name for layer in generic)
     return Plan(tuple(layers), rules, path_owners, names, generic_variables)
 
